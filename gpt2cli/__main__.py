@@ -1,0 +1,3 @@
+from gpt2cli.cli import main
+
+main()

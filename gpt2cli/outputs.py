@@ -1,0 +1,112 @@
+"""Writing results: stdout or an atomic `-o` file, JSON, colour detection, and stderr logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from gpt2cli.errors import InputError
+
+
+class Settings:
+    """Process-wide output settings, set once from the global options."""
+
+    quiet: bool = False
+    debug: bool = False
+
+
+def use_color(stream: IO[str] | None = None) -> bool:
+    """Colour only on a terminal, never with NO_COLOR set or TERM=dumb."""
+    stream = stream or sys.stdout
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def log(message: str) -> None:
+    """A diagnostic line on stderr, unless --quiet."""
+    if not Settings.quiet:
+        print(f"gpt2cli: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, unless --quiet."""
+    log(f"warning: {message}")
+
+
+def show_progress() -> bool:
+    """Progress displays only on an interactive stderr and without --quiet."""
+    return not Settings.quiet and sys.stderr is not None and sys.stderr.isatty()
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False)
+
+
+def check_writable(path: str | Path, force: bool) -> Path:
+    """Refuse an output path that exists (unless --force) or whose directory is missing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory")
+    if path.exists() and not force:
+        raise InputError(f"{path}: already exists (pass --force to overwrite)")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such directory")
+    return path
+
+
+@contextmanager
+def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> Iterator[IO]:
+    """Write to a temporary file beside `path`, renamed into place only on success."""
+    target = check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def output_stream(path: str | Path | None, force: bool = False, binary: bool = False) -> Iterator[IO]:
+    """stdout, or an atomically written file when `-o PATH` is given (`-` means stdout)."""
+    if path is None or str(path) == "-":
+        yield sys.stdout.buffer if binary else sys.stdout
+        (sys.stdout.buffer if binary else sys.stdout).flush()
+    else:
+        with atomic_file(path, force=force, binary=binary) as f:
+            yield f
+
+
+def escape_piece(piece: bytes) -> str:
+    """A token piece as a quoted string: readable, and unambiguous for partial UTF-8 bytes."""
+    out = ['"']
+    text = piece.decode("utf-8", errors="surrogateescape")
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)

@@ -1,0 +1,185 @@
+"""Tokenizers: the built-in GPT-2 BPE (tiktoken engine, shipped data) and a model's own.
+
+Both expose the same small interface; token pieces are bytes, since a GPT-2 token can be part
+of a UTF-8 sequence.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+
+from gpt2cli.errors import InputError, ModelError
+
+GPT2_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+ENDOFTEXT = "<|endoftext|>"
+GPT2_VOCAB_SIZE = 50257
+
+
+class Tokenizer:
+    """The interface every command uses."""
+
+    vocab_size: int
+    eos_token_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        raise NotImplementedError
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return b"".join(self.token_bytes(i) for i in ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def check_ids(self, ids: Sequence[int]) -> None:
+        for token_id in ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise InputError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+
+
+class GPT2Tokenizer(Tokenizer):
+    """OpenAI's GPT-2 BPE on the tiktoken engine, from the vocabulary shipped in the package."""
+
+    def __init__(self, parse_special: bool = True) -> None:
+        import tiktoken
+
+        self._encoding = tiktoken.Encoding(
+            name="gpt2",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=_gpt2_ranks(),
+            special_tokens={ENDOFTEXT: GPT2_VOCAB_SIZE - 1},
+            explicit_n_vocab=GPT2_VOCAB_SIZE,
+        )
+        self._allowed = "all" if parse_special else set()
+        self.vocab_size = GPT2_VOCAB_SIZE
+        self.eos_token_id = GPT2_VOCAB_SIZE - 1
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoding.encode(text, allowed_special=self._allowed, disallowed_special=())
+
+    def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
+        if len(texts) == 1:
+            return [self.encode(texts[0])]
+        return self._encoding.encode_batch(
+            list(texts),
+            num_threads=threads or os.cpu_count() or 1,
+            allowed_special=self._allowed,
+            disallowed_special=(),
+        )
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._encoding.decode_single_token_bytes(token_id)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return self._encoding.decode_bytes(ids)
+
+
+def _gpt2_ranks() -> dict[bytes, int]:
+    """Token bytes to rank, from the shipped file (lines of `base64 rank`, sorted by rank)."""
+    data = resources.files("gpt2cli").joinpath("data/gpt2.tiktoken").read_bytes()
+    tokens = [line.split(b" ", 1)[0] for line in data.splitlines()]
+    return dict(zip(map(binascii.a2b_base64, tokens), range(len(tokens)), strict=True))
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, mapped back from printable characters to bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class HFTokenizer(Tokenizer):
+    """A model's own byte-level BPE tokenizer, through the `tokenizers` library."""
+
+    def __init__(self, tokenizer, eos_token: str | None = ENDOFTEXT) -> None:  # noqa: ANN001
+        self._tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_token_id = tokenizer.token_to_id(eos_token) if eos_token else None
+        self._specials = {
+            token_id: added.content.encode()
+            for token_id, added in tokenizer.get_added_tokens_decoder().items()
+        }
+        self._bytes_cache: dict[int, bytes] = {}
+
+    @classmethod
+    def from_dir(cls, directory) -> HFTokenizer:  # noqa: ANN001
+        from tokenizers import Tokenizer as RawTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        tokenizer_json = directory / "tokenizer.json"
+        vocab, merges = directory / "vocab.json", directory / "merges.txt"
+        if tokenizer_json.is_file():
+            try:
+                return cls(RawTokenizer.from_file(str(tokenizer_json)))
+            except Exception as exc:
+                raise ModelError(f"{tokenizer_json}: cannot load tokenizer: {exc}") from None
+        if vocab.is_file() and merges.is_file():
+            raw = RawTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+            raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            raw.decoder = decoders.ByteLevel()
+            if raw.token_to_id(ENDOFTEXT) is not None:
+                from tokenizers import AddedToken
+
+                raw.add_special_tokens([AddedToken(ENDOFTEXT, special=True)])
+            return cls(raw)
+        raise ModelError(f"{directory}: no tokenizer.json, or vocab.json and merges.txt")
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        cached = self._bytes_cache.get(token_id)
+        if cached is None:
+            if token_id in self._specials:
+                cached = self._specials[token_id]
+            else:
+                piece = self._tokenizer.id_to_token(token_id)
+                if piece is None:
+                    raise InputError(f"token id {token_id} is not in the vocabulary")
+                decoder = _byte_decoder()
+                cached = bytes(decoder[c] for c in piece)
+            self._bytes_cache[token_id] = cached
+        return cached
+
+
+def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Tokenizer:
+    """The built-in GPT-2 tokenizer, or the tokenizer of `model` (a Hub id or local directory)."""
+    if model is None:
+        return GPT2Tokenizer(parse_special=parse_special)
+    from gpt2cli.loader import TOKENIZER_FILES, resolve_model_dir
+
+    return HFTokenizer.from_dir(resolve_model_dir(model, TOKENIZER_FILES))
+
+
+def token_offsets(pieces: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Character spans [start, end) of tokens; a partial UTF-8 piece spans its whole character."""
+    spans = []
+    started = 0  # characters whose first byte has been seen
+    for piece in pieces:
+        start = started if piece[0] & 0xC0 != 0x80 else started - 1
+        started += sum(1 for byte in piece if byte & 0xC0 != 0x80)
+        spans.append((start, started))
+    return spans
