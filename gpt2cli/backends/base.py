@@ -1,0 +1,78 @@
+"""The interface every backend implements; the commands and decoding.py use only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from gpt2cli.tokenizer import Tokenizer
+
+LogitsWanted = Literal["all", "last", "none"]
+
+
+@dataclass
+class ModelInfo:
+    """What the commands need to know about a loaded model."""
+
+    model_dir: Path
+    source: str  # what the user passed to --model
+    vocab_size: int
+    n_positions: int  # context length (1024 for GPT-2)
+    n_layer: int
+    n_head: int
+    n_embd: int
+    eos_token_id: int | None
+    bos_token_id: int | None
+    # generation_config.json merged with config.task_specific_params["text-generation"],
+    # as transformers' pipeline applies them (gpt2: do_sample=True, max_length=50).
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ForwardResult:
+    """One forward pass. Arrays are float32 numpy arrays."""
+
+    logits: np.ndarray | None  # (B, T, V) for "all", (B, V) for "last", None for "none"
+    hidden: np.ndarray | None  # (B, T, C): hidden_states[hidden_layer], when asked for
+    cache: Any  # opaque KV cache: pass it back to the next forward() call
+
+
+class Backend(Protocol):
+    """A loaded model that can run forward passes with a KV cache."""
+
+    name: str  # "torch" or "onnx"
+    info: ModelInfo
+    tokenizer: Tokenizer
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: Any = None,
+        *,
+        logits: LogitsWanted = "last",
+        hidden_layer: int | None = None,
+    ) -> ForwardResult:
+        """Run the model on new tokens.
+
+        input_ids: int64 (B, T), the new tokens only.
+        attention_mask: int64 (B, past + T), 0 at left padding; covers cached and new tokens.
+        position_ids: int64 (B, T); the caller derives them from the mask (cumsum - 1, clamped).
+        cache: None for the first call, else the previous result's cache.
+        logits: "last" returns only the final position's logits (skips the vocabulary
+            projection elsewhere where the backend can); "none" skips it entirely.
+        hidden_layer: index into transformers' hidden_states tuple (0 = embeddings,
+            n_layer or -1 = last_hidden_state after ln_f); None for no hidden states.
+        """
+        ...
+
+
+def position_ids_from_mask(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Position ids of the last `new_tokens` positions, counting only unmasked tokens."""
+    positions = np.cumsum(attention_mask, axis=1) - 1
+    positions = np.maximum(positions, 0)
+    return positions[:, -new_tokens:].astype(np.int64)
