@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -30,3 +31,51 @@ Output = Annotated[
     typer.Option("--output", "-o", metavar="PATH", help="Write results to PATH (atomically)."),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+
+
+class BackendName(str, Enum):
+    """--backend choices; a str subclass, so `backend == "onnx"` works."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+class DeviceName(str, Enum):
+    """--device choices."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DtypeName(str, Enum):
+    """--dtype choices."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+BackendOpt = Annotated[
+    BackendName,
+    typer.Option(
+        "--backend",
+        help="auto: ONNX if the model directory holds an ONNX export, else torch.",
+        case_sensitive=False,
+    ),
+]
+DeviceOpt = Annotated[
+    DeviceName, typer.Option("--device", help="Where to run the model.", case_sensitive=False)
+]
+DtypeOpt = Annotated[
+    DtypeName,
+    typer.Option(
+        "--dtype",
+        help="Compute precision; bfloat16/float16 where the backend and device support them.",
+        case_sensitive=False,
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads for the model (default: the backend's)."),
+]
