@@ -69,7 +69,9 @@ def resolve_sources(texts: Iterable[str] | None, files: Iterable[str] | None) ->
 def _check_block(block: bytes, source: str, offset: int) -> None:
     nul = block.find(b"\0")
     if nul >= 0:
-        raise InputError(f"{source}: NUL byte at byte offset {offset + nul}: this looks like binary")
+        raise InputError(
+            f"{source}: NUL byte at byte offset {offset + nul}: this looks like binary"
+        )
 
 
 def iter_decoded(source: Source, replace_invalid: bool = False) -> Iterator[str]:
@@ -195,7 +197,9 @@ def _safe_split(buffer: str, limit: int) -> int:
     return -1
 
 
-def iter_safe_chunks(source: Source, chunk_chars: int, replace_invalid: bool = False) -> Iterator[str]:
+def iter_safe_chunks(
+    source: Source, chunk_chars: int, replace_invalid: bool = False
+) -> Iterator[str]:
     """Yield the text of `source` in chunks that tokenize exactly as the whole text would."""
     buffer = ""
     yielded = False

@@ -24,7 +24,9 @@ ReplaceInvalid = Annotated[
 ]
 Model = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Hub model id (gpt2, distilgpt2, ...) or a local directory."),
+    typer.Option(
+        "--model", "-m", help="Hub model id (gpt2, distilgpt2, ...) or a local directory."
+    ),
 ]
 Output = Annotated[
     str | None,

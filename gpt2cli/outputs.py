@@ -78,7 +78,9 @@ def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> 
 
 
 @contextmanager
-def output_stream(path: str | Path | None, force: bool = False, binary: bool = False) -> Iterator[IO]:
+def output_stream(
+    path: str | Path | None, force: bool = False, binary: bool = False
+) -> Iterator[IO]:
     """stdout, or an atomically written file when `-o PATH` is given (`-` means stdout)."""
     if path is None or str(path) == "-":
         yield sys.stdout.buffer if binary else sys.stdout

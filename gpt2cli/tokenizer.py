@@ -45,7 +45,9 @@ class Tokenizer:
     def check_ids(self, ids: Sequence[int]) -> None:
         for token_id in ids:
             if not 0 <= token_id < self.vocab_size:
-                raise InputError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+                raise InputError(
+                    f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})"
+                )
 
 
 class GPT2Tokenizer(Tokenizer):

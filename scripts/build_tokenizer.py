@@ -36,7 +36,9 @@ def build() -> bytes:
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     encoder, vocab = source_files()
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab), encoder_json_file=str(encoder))
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(vocab), encoder_json_file=str(encoder)
+    )
     lines = [base64.b64encode(token) + b" " + str(rank).encode() for token, rank in ranks.items()]
     return b"\n".join(sorted(lines, key=lambda line: int(line.split()[1]))) + b"\n"
 

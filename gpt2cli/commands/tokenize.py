@@ -36,7 +36,9 @@ def tokenize(
     ] = False,
     count: Annotated[bool, typer.Option("--count", "-c", help="Print token counts only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
-    as_jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per text.")] = False,
+    as_jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="Print one JSON object per text.")
+    ] = False,
     decode: Annotated[
         bool, typer.Option("--decode", "-d", help="Read token ids and print the text.")
     ] = False,
@@ -97,7 +99,9 @@ def tokenize(
             out.write(f"{sum(n for _, n in counts)}\ttotal\n")
 
 
-def _records(tokenizer, texts, files, lines, replace_invalid, threads) -> Iterator[tuple[Text, list[int]]]:  # noqa: ANN001
+def _records(
+    tokenizer, texts, files, lines, replace_invalid, threads
+) -> Iterator[tuple[Text, list[int]]]:  # noqa: ANN001
     stream = iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid)
     while batch := list(islice(stream, BATCH)):
         yield from zip(batch, tokenizer.encode_batch([t.text for t in batch], threads), strict=True)
@@ -114,7 +118,9 @@ def _as_object(tokenizer: Tokenizer, text: Text, ids: list[int], count_only: boo
     return obj
 
 
-def _stream_ids(tokenizer, texts, files, lines, replace_invalid, threads, count_only) -> list[tuple[str, int]]:  # noqa: ANN001
+def _stream_ids(
+    tokenizer, texts, files, lines, replace_invalid, threads, count_only
+) -> list[tuple[str, int]]:  # noqa: ANN001
     """Print ids (or count them) with bounded memory; returns (source, count) per text."""
     out = sys.stdout
     counts: list[tuple[str, int]] = []
@@ -152,7 +158,9 @@ def parse_ids(text: Text) -> list[int]:
             return values
         return [int(v) for v in _ID_SEPARATORS.split(body) if v]
     except ValueError:
-        raise InputError(f"{text.source}: expected token ids (integers), got {body[:40]!r}") from None
+        raise InputError(
+            f"{text.source}: expected token ids (integers), got {body[:40]!r}"
+        ) from None
 
 
 def _print_decoded(tokenizer: Tokenizer, text: Text, per_line: bool) -> None:
