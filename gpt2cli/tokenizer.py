@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import binascii
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
+from itertools import islice
 
 from gpt2cli.errors import InputError, ModelError
 
@@ -63,22 +64,24 @@ class GPT2Tokenizer(Tokenizer):
             special_tokens={ENDOFTEXT: GPT2_VOCAB_SIZE - 1},
             explicit_n_vocab=GPT2_VOCAB_SIZE,
         )
-        self._allowed = "all" if parse_special else set()
+        self._parse_special = parse_special
         self.vocab_size = GPT2_VOCAB_SIZE
         self.eos_token_id = GPT2_VOCAB_SIZE - 1
 
     def encode(self, text: str) -> list[int]:
-        return self._encoding.encode(text, allowed_special=self._allowed, disallowed_special=())
+        if self._parse_special and ENDOFTEXT in text:
+            return self._encoding.encode(text, allowed_special="all")
+        return self._encoding.encode_ordinary(text)  # skips the special-token scan
 
     def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
         if len(texts) == 1:
             return [self.encode(texts[0])]
-        return self._encoding.encode_batch(
-            list(texts),
-            num_threads=threads or os.cpu_count() or 1,
-            allowed_special=self._allowed,
-            disallowed_special=(),
-        )
+        threads = threads or os.cpu_count() or 1
+        if self._parse_special and any(ENDOFTEXT in t for t in texts):
+            return self._encoding.encode_batch(
+                list(texts), num_threads=threads, allowed_special="all"
+            )
+        return self._encoding.encode_ordinary_batch(list(texts), num_threads=threads)
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._encoding.decode_single_token_bytes(token_id)
@@ -165,6 +168,15 @@ class HFTokenizer(Tokenizer):
                 cached = bytes(decoder[c] for c in piece)
             self._bytes_cache[token_id] = cached
         return cached
+
+
+def encode_stream(
+    tokenizer: Tokenizer, chunks: Iterable[str], threads: int | None = None, batch: int = 16
+) -> Iterator[list[int]]:
+    """Encode a stream of independently tokenizable chunks, `batch` at a time in parallel."""
+    chunks = iter(chunks)
+    while group := list(islice(chunks, batch)):
+        yield from tokenizer.encode_batch(group, threads)
 
 
 def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Tokenizer:

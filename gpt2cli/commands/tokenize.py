@@ -15,7 +15,7 @@ from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.inputs import Text, iter_safe_chunks, iter_texts, resolve_sources
 from gpt2cli.outputs import escape_piece, to_json, use_color
-from gpt2cli.tokenizer import Tokenizer, load_tokenizer, token_offsets
+from gpt2cli.tokenizer import Tokenizer, encode_stream, load_tokenizer, token_offsets
 
 CHUNK_CHARS = 1 << 18  # one unit of parallel work in a streamed text
 BATCH = 16  # chunks (or lines) encoded together
@@ -133,11 +133,10 @@ def _stream_ids(
     for source in resolve_sources(texts, files):
         chunks = iter_safe_chunks(source, CHUNK_CHARS, replace_invalid)
         total = 0
-        while batch := list(islice(chunks, BATCH)):
-            for ids in tokenizer.encode_batch(batch, threads):
-                if ids and not count_only:
-                    out.write((" " if total else "") + " ".join(map(str, ids)))
-                total += len(ids)
+        for ids in encode_stream(tokenizer, chunks, threads, BATCH):
+            if ids and not count_only:
+                out.write((" " if total else "") + " ".join(map(str, ids)))
+            total += len(ids)
         if not count_only:
             out.write("\n")
         counts.append((source.name, total))

