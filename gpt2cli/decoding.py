@@ -1,0 +1,612 @@
+"""Logits processors, sampling and the decode loop, in numpy, shared by both backends.
+
+Parameters follow transformers' text-generation names and semantics. The processors give the same
+filtered distributions as transformers' LogitsProcessor/LogitsWarper classes on the same logits;
+they differ only where transformers looks at a left-padded batch as a whole: here lengths, n-grams
+and repetition penalties are per row, counting real tokens only (identical for unpadded prompts).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from gpt2cli.backends.base import Backend, position_ids_from_mask
+from gpt2cli.errors import InputError
+
+# transformers' GenerationConfig defaults for the parameters we support.
+TRANSFORMERS_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": None,
+    "max_length": 20,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "num_return_sequences": 1,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+}
+
+FINISH_LENGTH = "length"
+FINISH_STOP = "stop"
+
+
+def cli_name(parameter: str) -> str:
+    """How a parameter is spelled on the command line, for error messages."""
+    return "--" + parameter.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Resolved generation parameters (transformers' names and meanings)."""
+
+    max_new_tokens: int | None = None
+    max_length: int = 20
+    min_length: int = 0
+    min_new_tokens: int | None = None
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    truncate_left: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    @classmethod
+    def resolve(
+        cls,
+        model_defaults: dict[str, Any],
+        overrides: dict[str, Any],
+        *,
+        eos_token_id: int | None = None,
+        name: Callable[[str], str] = cli_name,
+    ) -> GenerationParams:
+        """transformers' defaults, then the model's generation defaults, then `overrides`.
+
+        `overrides` may also hold stop, seed and truncate_left; None values are ignored.
+        Out-of-range values raise InputError naming the parameter with `name`.
+        """
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = dict(TRANSFORMERS_DEFAULTS)
+        values.update({k: v for k, v in model_defaults.items() if k in TRANSFORMERS_DEFAULTS})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - known
+        if unknown:
+            raise InputError(f"{name(sorted(unknown)[0])}: unknown generation parameter")
+        values.update(given)
+        if given.get("max_length") is not None and "max_new_tokens" not in given:
+            values["max_new_tokens"] = None  # an explicit max_length beats a default max_new_tokens
+
+        eos = model_defaults.get("eos_token_id", eos_token_id)
+        eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        pad = model_defaults.get("pad_token_id")
+        if pad is None:
+            pad = eos_ids[0] if eos_ids else 0
+        values.setdefault("eos_token_ids", eos_ids)
+        values.setdefault("pad_token_id", pad)
+        values["stop"] = tuple(values.get("stop") or ())
+        params = cls(**values)
+        params.validate(name)
+        return params
+
+    def validate(self, name: Callable[[str], str] = cli_name) -> None:
+        """Raise InputError for values transformers would reject (or that make no sense)."""
+
+        def check(ok: bool, parameter: str, what: str) -> None:
+            if not ok:
+                raise InputError(f"{name(parameter)}: {what}, got {getattr(self, parameter)!r}")
+
+        positive = "must be a strictly positive number"
+        max_new, min_new = self.max_new_tokens, self.min_new_tokens
+        check(max_new is None or max_new >= 1, "max_new_tokens", "must be >= 1")
+        check(self.max_length >= 1, "max_length", "must be >= 1")
+        check(self.min_length >= 0, "min_length", "must be >= 0")
+        check(min_new is None or min_new >= 0, "min_new_tokens", "must be >= 0")
+        check(self.num_return_sequences >= 1, "num_return_sequences", "must be >= 1")
+        check(self.temperature > 0, "temperature", positive)
+        check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables top-k)")
+        check(0.0 <= self.top_p <= 1.0, "top_p", "must be between 0 and 1")
+        check(self.repetition_penalty > 0, "repetition_penalty", positive)
+        check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be >= 0")
+        check(all(self.stop), "stop", "stop strings must not be empty")
+        check(self.seed is None or 0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
+        if self.num_return_sequences > 1 and not self.do_sample:
+            raise InputError(
+                f"{name('num_return_sequences')} {self.num_return_sequences} needs sampling "
+                f"({name('do_sample')}): greedy decoding returns the same sequence every time"
+            )
+
+    def new_token_budget(self, prompt_tokens: int) -> int:
+        """How many tokens a row with this prompt length may generate (max_new_tokens wins)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return self.max_length - prompt_tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Logits processors (in place on float32 (B, V) logits)
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_repetition_penalty(logits: np.ndarray, history: np.ndarray, penalty: float) -> None:
+    """transformers' RepetitionPenaltyLogitsProcessor: every token in `history` (B, n) is made
+    less likely once (logit / penalty if positive, * penalty if negative)."""
+    seen = np.take_along_axis(logits, history, axis=1)
+    penalty32 = np.float32(penalty)
+    penalised = np.where(seen < 0, seen * penalty32, seen / penalty32)
+    np.put_along_axis(logits, history, penalised, axis=1)
+
+
+class NGramIndex:
+    """The n-grams of one row, kept incrementally, for no_repeat_ngram_size."""
+
+    def __init__(self, size: int, tokens: Sequence[int]) -> None:
+        self.size = size
+        self.next_tokens: dict[tuple[int, ...], set[int]] = {}
+        self.tokens: list[int] = []
+        for token in tokens:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        if len(self.tokens) >= self.size:
+            ngram = self.tokens[-self.size :]
+            self.next_tokens.setdefault(tuple(ngram[:-1]), set()).add(ngram[-1])
+
+    def banned(self) -> list[int]:
+        """Tokens that would repeat an n-gram if generated next (transformers' semantics)."""
+        if len(self.tokens) + 1 < self.size:
+            return []
+        prefix = tuple(self.tokens[len(self.tokens) + 1 - self.size :])
+        return list(self.next_tokens.get(prefix, ()))
+
+
+def suppress_tokens(logits: np.ndarray, rows: np.ndarray, token_ids: Sequence[int]) -> None:
+    """Set `token_ids` to -inf in the rows selected by the boolean `rows` (min-length rules)."""
+    if len(token_ids) and rows.any():
+        logits[np.ix_(rows, np.asarray(token_ids))] = -np.inf
+
+
+class BatchProcessors:
+    """The logits processors of one batch, with the per-row state they need.
+
+    Applies, in transformers' order: repetition penalty, no-repeat-ngram, min_length and
+    min_new_tokens (end-of-sequence suppression). Rows are the unpadded prompts.
+    """
+
+    def __init__(
+        self, params: GenerationParams, prompts: Sequence[Sequence[int]], steps: int
+    ) -> None:
+        self.params = params
+        self.lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        self.width = int(self.lengths.max())
+        self.history: np.ndarray | None = None
+        if params.repetition_penalty != 1.0:
+            # Padding repeats each row's first token, so it adds nothing to the penalised set.
+            self.history = np.empty((len(prompts), self.width + steps), dtype=np.int64)
+            for row, prompt in enumerate(prompts):
+                self.history[row, : self.width - len(prompt)] = prompt[0]
+                self.history[row, self.width - len(prompt) : self.width] = prompt
+        self.ngrams: list[NGramIndex] | None = None
+        if params.no_repeat_ngram_size > 0:
+            self.ngrams = [NGramIndex(params.no_repeat_ngram_size, p) for p in prompts]
+        self.eos = list(params.eos_token_ids)
+        self.min_new = params.min_new_tokens or 0
+        self.suppress_eos = bool(self.eos) and (params.min_length > 0 or self.min_new > 0)
+        self.step = 0  # tokens appended so far
+
+    @property
+    def active(self) -> bool:
+        """Whether any processor changes logits (else greedy can argmax the raw logits)."""
+        return self.history is not None or self.ngrams is not None or self.suppress_eos
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Process (B, V) float32 `logits` in place; `rows` (bool) limits per-row work."""
+        if self.history is not None:
+            history = self.history[:, : self.width + self.step]
+            apply_repetition_penalty(logits, history, self.params.repetition_penalty)
+        if self.ngrams is not None:
+            for row in range(len(self.ngrams)) if rows is None else np.flatnonzero(rows):
+                banned = self.ngrams[row].banned()
+                if banned:
+                    logits[row, banned] = -np.inf
+        if self.suppress_eos:
+            short = (self.lengths + self.step < self.params.min_length) | (self.step < self.min_new)
+            suppress_tokens(logits, short if rows is None else short & rows, self.eos)
+
+    def append(self, tokens: np.ndarray) -> None:
+        """Record the tokens (B,) chosen at this step."""
+        if self.history is not None:
+            self.history[:, self.width + self.step] = tokens
+        if self.ngrams is not None:
+            for index, token in zip(self.ngrams, tokens.tolist(), strict=True):
+                index.add(token)
+        self.step += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Warpers and sampling (per row)
+# ---------------------------------------------------------------------------------------------
+
+_SAMPLE_STRIDE = 16
+
+
+def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray | None:
+    """Ids (ascending) of the tokens whose score is at least the k-th largest; None for all.
+
+    Ties at the k-th score are kept, as in transformers' TopKLogitsWarper. A full partition of
+    50k scores costs ~0.5 ms, so a threshold from a strided sample narrows the candidates first;
+    the result is exact either way.
+    """
+    size = scores.shape[0]
+    if k >= size:
+        return None
+    sample = scores[::_SAMPLE_STRIDE]
+    rank = min(sample.shape[0] - 1, k // (_SAMPLE_STRIDE // 2) + 4)
+    threshold = np.partition(sample, sample.shape[0] - 1 - rank)[sample.shape[0] - 1 - rank]
+    candidates = np.flatnonzero(scores >= threshold)
+    if candidates.shape[0] < k:  # the sample was unlucky: select on everything
+        candidates = np.arange(size)
+    values = scores[candidates]
+    kth = np.partition(values, values.shape[0] - k)[values.shape[0] - k]
+    return candidates[values >= kth]
+
+
+def softmax64(values: np.ndarray) -> np.ndarray:
+    """Softmax in float64 (exp of -inf is 0)."""
+    shifted = values.astype(np.float64) - float(values.max())
+    probs = np.exp(shifted)
+    probs /= probs.sum()
+    return probs
+
+
+def top_p_keep(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Boolean mask of the nucleus over `probs` (which sum to 1), as TopPLogitsWarper does:
+    sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, keep the top one."""
+    floor = 1.0 - top_p
+    # Tokens outside any set whose mass reaches top_p are dropped for sure: sort only the rest.
+    threshold = float(probs.max()) * 1e-3
+    while True:
+        candidates = np.flatnonzero(probs >= threshold)
+        outside = 1.0 - float(probs[candidates].sum())
+        if outside <= floor or threshold == 0.0:
+            break
+        threshold = threshold / 64 if threshold > 1e-300 else 0.0
+    cand_probs = probs[candidates]
+    order = np.argsort(cand_probs, kind="stable")
+    cumulative = outside + np.cumsum(cand_probs[order])
+    remove = cumulative <= floor
+    remove[-1] = False
+    keep = np.zeros(probs.shape[0], dtype=bool)
+    keep[candidates[order[~remove]]] = True
+    return keep
+
+
+def filtered_distribution(
+    scores: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Temperature, then top-k, then top-p, as transformers' warpers apply them.
+
+    Returns (ids, probs): the kept token ids ascending (None means the whole vocabulary, in
+    order) and their probabilities (float64, summing to 1). `scores` may be modified in place.
+    """
+    if temperature != 1.0:
+        scores = np.divide(scores, np.float32(temperature), out=scores)
+    ids = top_k_ids(scores, top_k) if top_k > 0 else None
+    probs = softmax64(scores if ids is None else scores[ids])
+    if top_p < 1.0:
+        keep = top_p_keep(probs, top_p)
+        ids = np.flatnonzero(keep) if ids is None else ids[keep]
+        probs = probs[keep]
+        probs /= probs.sum()
+    return ids, probs
+
+
+def sample_token(ids: np.ndarray | None, probs: np.ndarray, uniform: float) -> int:
+    """Inverse-CDF sampling over token ids in ascending order.
+
+    Id order (not probability order) keeps the draw stable under tiny float differences between
+    backends: only a uniform landing within that difference of a boundary changes the token.
+    """
+    cdf = np.cumsum(probs)
+    index = min(int(np.searchsorted(cdf, uniform * cdf[-1], side="right")), cdf.shape[0] - 1)
+    return index if ids is None else int(ids[index])
+
+
+def row_generator(seed: int, prompt_index: int, sequence_index: int) -> np.random.Generator:
+    """The random stream of one output sequence: independent of batch size and composition."""
+    return np.random.default_rng([seed, prompt_index, sequence_index])
+
+
+def fresh_seed() -> int:
+    """A random 63-bit seed, for runs without --seed."""
+    return int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences: one output each, with stop strings and incremental UTF-8 text
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One input prompt."""
+
+    text: str
+    source: str = "prompt"
+
+
+@dataclass
+class GeneratedSequence:
+    """One output sequence: its prompt, the generated tokens and text, and why it ended."""
+
+    prompt_index: int
+    sequence_index: int
+    prompt: Prompt
+    prompt_ids: list[int]  # as fed to the model (after any left truncation)
+    truncated_tokens: int  # prompt tokens dropped from the left
+    budget: int  # max new tokens
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_string: str | None = None  # the stop string that ended it, if any
+    _bytes: bytearray = field(default_factory=bytearray, repr=False)
+    _cut: int | None = field(default=None, repr=False)  # byte offset where a stop string starts
+    _emitted: int = field(default=0, repr=False)
+    _decoder: Any = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def text(self) -> str:
+        """The generated text: no end-of-text token, cut before any stop string."""
+        return bytes(self._bytes[: self._cut]).decode("utf-8", errors="replace")
+
+    def add(self, token: int, token_bytes: bytes | None, stops: Sequence[bytes]) -> None:
+        """Append a generated token (`token_bytes` None for an end-of-sequence token)."""
+        self.token_ids.append(token)
+        if token_bytes is None:
+            self.finish_reason = FINISH_STOP
+            return
+        start = len(self._bytes)
+        self._bytes += token_bytes
+        if stops:
+            self._find_stop(start, stops)
+        if self.finish_reason is None and len(self.token_ids) >= self.budget:
+            self.finish_reason = FINISH_LENGTH
+
+    def _find_stop(self, start: int, stops: Sequence[bytes]) -> None:
+        best = None
+        for stop in stops:
+            # Earlier occurrences were caught on earlier tokens: look only where one can end now.
+            at = self._bytes.find(stop, max(0, start - len(stop) + 1))
+            if at >= 0 and (best is None or at < best[0]):
+                best = (at, stop)
+        if best is not None:
+            self._cut = best[0]
+            self.stop_string = best[1].decode("utf-8", errors="replace")
+            self.finish_reason = FINISH_STOP
+
+    def take_text(self, stops: Sequence[bytes] = ()) -> str:
+        """Text generated since the last call that is final: never half a UTF-8 character, and
+        never the start of what may become a stop string."""
+        if self._decoder is None:
+            self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        end = len(self._bytes) if self._cut is None else self._cut
+        if not self.finished:
+            end -= _stop_prefix_overlap(self._bytes, stops)
+        if end <= self._emitted and not self.finished:
+            return ""
+        chunk = bytes(self._bytes[self._emitted : end])
+        self._emitted = max(self._emitted, end)
+        return self._decoder.decode(chunk, final=self.finished)
+
+
+def _stop_prefix_overlap(data: bytearray, stops: Sequence[bytes]) -> int:
+    """The length of the longest tail of `data` that is a proper prefix of a stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(data)), longest, -1):
+            if data.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def plan_sequences(
+    prompts: Sequence[Prompt],
+    prompt_ids: Sequence[list[int]],
+    params: GenerationParams,
+    context: int,
+    first_index: int = 0,
+    name: Callable[[str], str] = cli_name,
+) -> list[GeneratedSequence]:
+    """One GeneratedSequence per prompt and return sequence, with lengths checked against the
+    context (left truncation only when params.truncate_left)."""
+    if params.max_new_tokens is None and params.max_length > context:
+        raise InputError(
+            f"{name('max_length')} {params.max_length} is over the model's context "
+            f"of {context} tokens"
+        )
+    sequences = []
+    for offset, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
+        if not ids:
+            raise InputError(f"{prompt.source}: the prompt is empty")
+        budget = params.new_token_budget(len(ids))
+        if budget < 1:
+            raise InputError(
+                f"{prompt.source}: the prompt is {len(ids)} tokens, which leaves nothing to "
+                f"generate under {name('max_length')} {params.max_length}; "
+                f"give {name('max_new_tokens')} instead"
+            )
+        dropped = 0
+        if len(ids) + budget > context:
+            keep = context - budget
+            if not params.truncate_left or keep < 1:
+                hint = (
+                    "pass --truncate left to keep the end of the prompt, or ask for fewer tokens"
+                    if keep >= 1
+                    else f"ask for fewer than {context} new tokens"
+                )
+                raise InputError(
+                    f"{prompt.source}: the prompt is {len(ids)} tokens and {budget} new tokens "
+                    f"were asked for: {len(ids) + budget} is over the model's context of "
+                    f"{context} tokens ({hint})"
+                )
+            dropped = len(ids) - keep
+            ids = ids[dropped:]
+        for sequence_index in range(params.num_return_sequences):
+            sequences.append(
+                GeneratedSequence(
+                    prompt_index=first_index + offset,
+                    sequence_index=sequence_index,
+                    prompt=prompt,
+                    prompt_ids=list(ids),
+                    truncated_tokens=dropped,
+                    budget=budget,
+                )
+            )
+    return sequences
+
+
+# ---------------------------------------------------------------------------------------------
+# The decode loop
+# ---------------------------------------------------------------------------------------------
+
+
+class Decoder:
+    """Runs batches of sequences on a backend with the KV cache, one token per step."""
+
+    def __init__(self, backend: Backend, params: GenerationParams, seed: int | None = None) -> None:
+        self.backend = backend
+        self.params = params
+        if params.seed is not None:
+            seed = params.seed
+        self.seed = seed if seed is not None else fresh_seed()
+        self.stops = tuple(s.encode("utf-8") for s in params.stop)
+        self._eos = set(params.eos_token_ids)
+        self._eos_list = list(params.eos_token_ids)
+        self._token_bytes: dict[int, bytes] = {}
+
+    def token_bytes(self, token: int) -> bytes | None:
+        """The bytes of a generated token; None for end-of-sequence."""
+        if token in self._eos:
+            return None
+        piece = self._token_bytes.get(token)
+        if piece is None:
+            piece = self._token_bytes[token] = self.backend.tokenizer.token_bytes(token)
+        return piece
+
+    def run(self, sequences: list[GeneratedSequence]) -> Iterator[None]:
+        """Generate all of `sequences` as one left-padded batch; yields after every step.
+
+        Finished rows keep running on padding until the whole batch is done.
+        """
+        params = self.params
+        rows = len(sequences)
+        lengths = np.array([len(s.prompt_ids) for s in sequences], dtype=np.int64)
+        width = int(lengths.max())
+        steps = max(s.budget for s in sequences)
+        pad = params.pad_token_id
+
+        input_ids = np.full((rows, width), pad, dtype=np.int64)
+        mask = np.zeros((rows, width + steps), dtype=np.int64)
+        for row, seq in enumerate(sequences):
+            input_ids[row, width - len(seq.prompt_ids) :] = seq.prompt_ids
+            mask[row, width - len(seq.prompt_ids) : width] = 1
+
+        processors = BatchProcessors(params, [s.prompt_ids for s in sequences], steps)
+        rngs = None
+        if params.do_sample:
+            rngs = [row_generator(self.seed, s.prompt_index, s.sequence_index) for s in sequences]
+        writable = processors.active or params.do_sample
+
+        attention = mask[:, :width]
+        result = self.backend.forward(
+            input_ids, attention, position_ids_from_mask(attention, width), None, logits="last"
+        )
+        positions = lengths[:, None].copy()
+        active = np.ones(rows, dtype=bool)
+        tokens = np.empty((rows, 1), dtype=np.int64)
+        for step in range(steps):
+            logits = result.logits
+            if writable and not logits.flags.writeable:
+                logits = logits.copy()
+            processors(logits, active)
+            if rngs is not None:
+                for row in np.flatnonzero(active):
+                    ids, probs = filtered_distribution(
+                        logits[row], params.temperature, params.top_k, params.top_p
+                    )
+                    tokens[row, 0] = sample_token(ids, probs, rngs[row].random())
+            else:
+                np.argmax(logits, axis=1, out=tokens[:, 0])
+
+            for row in np.flatnonzero(active):
+                seq = sequences[row]
+                token = int(tokens[row, 0])
+                seq.add(token, self.token_bytes(token), self.stops)
+                if seq.finished:
+                    active[row] = False
+            tokens[~active, 0] = pad
+            processors.append(tokens[:, 0])
+            yield
+            if not active.any():
+                break
+            mask[:, width + step] = 1
+            attention = mask[:, : width + step + 1]
+            if rows > 1:
+                attention = np.ascontiguousarray(attention)
+            result = self.backend.forward(tokens, attention, positions, result.cache, logits="last")
+            positions += 1
+        for seq in sequences:  # a budget of 0 steps left cannot happen, but be safe
+            if seq.finish_reason is None:
+                seq.finish_reason = FINISH_LENGTH
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of up to `size` consecutive items."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def generate(
+    backend: Backend,
+    prompts: Sequence[str | Prompt],
+    params: GenerationParams,
+    batch_size: int = 1,
+) -> list[GeneratedSequence]:
+    """Generate for `prompts` (batches of `batch_size` prompts); sequences in input order."""
+    decoder = Decoder(backend, params)
+    items = [
+        p if isinstance(p, Prompt) else Prompt(p, f"prompt {i}")
+        for i, p in enumerate(prompts)
+    ]
+    out: list[GeneratedSequence] = []
+    first = 0
+    for batch in batched(items, batch_size):
+        ids = backend.tokenizer.encode_batch([p.text for p in batch])
+        sequences = plan_sequences(batch, ids, params, backend.info.n_positions, first)
+        for _ in decoder.run(sequences):
+            pass
+        out.extend(sequences)
+        first += len(batch)
+    return out
