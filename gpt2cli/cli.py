@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 from gpt2cli import __version__
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError
-from gpt2cli.outputs import Settings
+from gpt2cli.outputs import Settings, color_allowed
 
 app = typer.Typer(
     name="gpt2cli",
@@ -106,13 +107,24 @@ def run(args: list[str]) -> int:
         return EXIT_FAILURE
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C does, so that atomic outputs remove their temporary files."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point."""
-    args = _take_global_flags(sys.argv[1:])
-    code = run(args)
+    signal.signal(signal.SIGTERM, _terminate)
+    if not color_allowed():
+        # Rich (help screens) keeps bold under NO_COLOR; as a non-terminal it writes no codes.
+        os.environ.setdefault("TTY_COMPATIBLE", "0")
     try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        code = code or EXIT_FAILURE
+        code = run(_take_global_flags(sys.argv[1:]))
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            code = code or EXIT_FAILURE
+    except KeyboardInterrupt:  # outside the app: while parsing flags or flushing
+        code = EXIT_INTERRUPTED
     sys.exit(code)

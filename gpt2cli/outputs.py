@@ -21,10 +21,15 @@ class Settings:
     debug: bool = False
 
 
+def color_allowed() -> bool:
+    """False with NO_COLOR set (to anything) or TERM=dumb: then no escape codes at all."""
+    return "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
 def use_color(stream: IO[str] | None = None) -> bool:
     """Colour only on a terminal, never with NO_COLOR set or TERM=dumb."""
     stream = stream or sys.stdout
-    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+    if not color_allowed():
         return False
     return bool(getattr(stream, "isatty", lambda: False)())
 
