@@ -1,0 +1,208 @@
+"""Unix manners, through the real console script: closed pipes, Ctrl-C and SIGTERM, --quiet, colour
+only on a terminal, and -o files that are never overwritten by accident nor left half-written."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import pty
+import signal
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+GPT2CLI = str(Path(sys.executable).parent / "gpt2cli")
+SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM")}
+    return {**env, "HF_HUB_OFFLINE": "1", "TERM": "xterm-256color", **extra}
+
+
+@pytest.fixture(scope="module")
+def big_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 4 MB of prose: far more output than a pipe buffer holds."""
+    if SHARED_TEXT.exists():
+        base = SHARED_TEXT.read_text(encoding="utf-8")
+    else:
+        base = "The quick brown fox jumps over the lazy dog, again and again.\n" * 20_000
+    path = tmp_path_factory.mktemp("big") / "big.txt"
+    path.write_text(base * (4_000_000 // len(base) + 1), encoding="utf-8")
+    return path
+
+
+def _unread_bytes(pipe) -> int:  # noqa: ANN001
+    """Bytes written to a pipe that its reader has not read yet (Linux: FIONREAD on either end)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(pipe.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
+def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------- closed pipes
+
+
+@pytest.mark.parametrize(
+    ("args", "head"),
+    [
+        (["tokenize", "-f", "{big}"], ["head", "-c", "100"]),  # one text: one long line
+        (["tokenize", "--lines", "-f", "{big}"], ["head", "-1"]),
+        (["tokenize", "--jsonl", "--lines", "-f", "{big}"], ["head", "-1"]),
+        (["tokenize", "--tokens", "--lines", "-f", "{big}"], ["head", "-1"]),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_head_closing_the_pipe_ends_the_command_quietly(
+    args: list[str], head: list[str], big_text: Path
+) -> None:
+    command = [GPT2CLI, *(a.replace("{big}", str(big_text)) for a in args)]
+    producer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    consumer = subprocess.Popen(head, stdin=producer.stdout, stdout=subprocess.PIPE)
+    producer.stdout.close()  # only head holds the read end, as in a shell pipeline
+    shown, _ = consumer.communicate(timeout=120)
+    stderr = producer.stderr.read()
+    producer.wait(timeout=120)
+    assert consumer.returncode == 0 and shown
+    assert stderr == b""
+    assert producer.returncode == 1  # EPIPE: not killed by a signal, no traceback
+
+
+def test_decode_into_a_closed_pipe_is_quiet() -> None:
+    ids = ("15496 11 314 1101 257 3303 2746 11\n" * 50_000).encode()
+    shell = f"{GPT2CLI} tokenize --decode --lines | head -c 10 >/dev/null; echo $PIPESTATUS >&2"
+    result = subprocess.run(["bash", "-c", shell], input=ids, capture_output=True, env=_env())
+    assert result.stderr == b"1\n"
+
+
+# ------------------------------------------------------------------------------------ signals
+
+
+def _interrupt_while_reading_stdin(signum: int) -> subprocess.CompletedProcess:
+    """Start `tokenize --lines` on an open stdin pipe, wait until it has read some input (so it
+    is past start-up and inside the command), then send `signum`."""
+    proc = subprocess.Popen(
+        [GPT2CLI, "tokenize", "--lines"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    proc.stdin.write(b"Hello world\n" * 5)
+    proc.stdin.flush()
+    _wait_until(lambda: _unread_bytes(proc.stdin) == 0, proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_exits_130_without_a_traceback() -> None:
+    result = _interrupt_while_reading_stdin(signal.SIGINT)
+    assert result.returncode == 130
+    assert result.stderr == b""
+
+
+def test_sigterm_exits_143_without_a_traceback() -> None:
+    result = _interrupt_while_reading_stdin(signal.SIGTERM)
+    assert result.returncode == 128 + signal.SIGTERM
+    assert result.stderr == b""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_tokenize_of_a_big_file_stops_quietly(signum: int, big_text: Path) -> None:
+    proc = subprocess.Popen(
+        [GPT2CLI, "tokenize", "-f", str(big_text)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    assert proc.stdout.read(1)  # started writing ids: well inside the command
+    proc.send_signal(signum)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode in (128 + signum, 1)  # 1: the closed stdout won the race
+    assert b"Traceback" not in stderr and stderr.count(b"\n") <= 1
+
+
+# ------------------------------------------------------------------------- terminals, colour
+
+
+def run_on_pty(args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """Run with stdout and stderr on a pseudo-terminal; returns (exit code, all bytes shown)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [GPT2CLI, *args], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return proc.wait(timeout=60), shown
+
+
+SHOW = ["tokenize", "--show", "Hello world"]
+
+
+def test_show_colours_a_terminal() -> None:
+    code, shown = run_on_pty(SHOW, _env())
+    assert code == 0
+    assert b"\x1b[" in shown  # the control case: colour is on when nothing turns it off
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        SHOW,
+        ["--help"],
+        ["tokenize", "--help"],
+        ["tokenize", "--bogus-option"],
+        ["tokenize", "-f", "/nonexistent"],
+    ],
+    ids=["tokenize --show", "--help", "tokenize --help", "usage error", "input error"],
+)
+@pytest.mark.parametrize("variable", [{"NO_COLOR": "1"}, {"NO_COLOR": ""}, {"TERM": "dumb"}])
+def test_no_color_means_no_escape_codes_on_a_terminal(args: list[str], variable: dict) -> None:
+    _, shown = run_on_pty(args, _env(**variable))
+    assert b"\x1b" not in shown, shown[:200]
+
+
+@pytest.mark.parametrize("args", [SHOW, ["--help"], ["tokenize", "--help"]])
+def test_pipes_get_no_escape_codes(args: list[str]) -> None:
+    result = subprocess.run([GPT2CLI, *args], capture_output=True, env=_env())
+    assert result.returncode == 0
+    assert b"\x1b" not in result.stdout + result.stderr
+    if args == SHOW:
+        assert result.stdout == b"Hello| world\n"
+
+
+# ---------------------------------------------------------------------------------- --quiet
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_keeps_errors(where: str) -> None:
+    args = ["tokenize", "-f", "/nonexistent"]
+    args = ["--quiet", *args] if where == "before" else [*args, "--quiet"]
+    result = subprocess.run([GPT2CLI, *args], capture_output=True, env=_env())
+    assert result.returncode == 2
+    assert result.stderr == b"gpt2cli: error: /nonexistent: no such file\n"
