@@ -121,7 +121,7 @@ def read_config(directory: Path) -> dict[str, Any]:
     """config.json of a GPT-2-architecture model, checked."""
     path = directory / "config.json"
     if not path.is_file():
-        raise ModelError(f"{directory}: no config.json; not a model directory (or an incomplete one)")
+        raise ModelError(f"{directory}: no config.json; not a model directory, or incomplete")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -148,7 +148,9 @@ def generation_defaults(directory: Path, config: dict[str, Any]) -> dict[str, An
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelError(f"{path}: not valid JSON: {exc}") from None
         if isinstance(loaded, dict):
-            defaults.update({k: v for k, v in loaded.items() if k != "transformers_version"})
+            defaults.update(
+                {k: v for k, v in loaded.items() if k != "transformers_version" and k[0] != "_"}
+            )
     task = (config.get("task_specific_params") or {}).get("text-generation") or {}
     defaults.update(task)
     return defaults

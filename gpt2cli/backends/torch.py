@@ -1,0 +1,141 @@
+"""The PyTorch backend: transformers' GPT2LMHeadModel under inference mode."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from gpt2cli.backends.base import ForwardResult, LogitsWanted, ModelInfo
+from gpt2cli.errors import CliError, MissingExtraError, ModelError
+from gpt2cli.tokenizer import Tokenizer
+
+# Buffers that checkpoints legitimately lack; anything else missing means broken weights.
+_OPTIONAL_KEYS = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
+
+
+def import_torch() -> tuple[Any, Any]:
+    """torch and transformers, or a MissingExtraError naming the extra."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise MissingExtraError("the torch backend", "torch") from None
+    return torch, transformers
+
+
+class TorchBackend:
+    """GPT2LMHeadModel on CPU or CUDA, in float32, bfloat16 or float16."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        tokenizer: Tokenizer,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+    ) -> None:
+        torch, _ = import_torch()
+        self.info = info
+        self.tokenizer = tokenizer
+        self.torch = torch
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if device == "cuda" and not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no GPU found"
+            raise CliError(f"--device cuda: CUDA is not available ({why}); use --device cpu")
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        if dtype == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise CliError("--dtype bfloat16: this GPU does not support bfloat16; use float16")
+        self.model = load_model(info, self.dtype, self.device)
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: Any = None,
+        *,
+        logits: LogitsWanted = "last",
+        hidden_layer: int | None = None,
+    ) -> ForwardResult:
+        """One forward pass; see base.Backend.forward. The cache (a DynamicCache) is updated
+        in place, so a cache must not be reused after being passed in."""
+        from gpt2cli.loader import check_hidden_layer
+
+        torch = self.torch
+        layer = check_hidden_layer(self.info, hidden_layer)
+        with torch.inference_mode():
+            ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)
+            mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
+            pos = torch.from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64))
+            out = self.model.transformer(
+                input_ids=ids,
+                attention_mask=mask.to(self.device),
+                position_ids=pos.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=layer is not None,
+                return_dict=True,
+            )
+            hidden_states = out.last_hidden_state
+            if logits == "all":
+                scores = self.model.lm_head(hidden_states)
+            elif logits == "last":
+                scores = self.model.lm_head(hidden_states[:, -1, :])
+            else:
+                scores = None
+            hidden = out.hidden_states[layer] if layer is not None else None
+            return ForwardResult(
+                logits=_to_numpy(scores),
+                hidden=_to_numpy(hidden),
+                cache=out.past_key_values,
+            )
+
+    def select_cache(self, cache: Any, rows: np.ndarray) -> Any:
+        """The cache restricted (or repeated) to batch `rows`, e.g. to drop finished rows."""
+        index = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+        with self.torch.inference_mode():
+            cache.reorder_cache(index)
+        return cache
+
+
+def _to_numpy(tensor: Any) -> np.ndarray | None:
+    if tensor is None:
+        return None
+    return tensor.float().cpu().numpy()
+
+
+def load_model(info: ModelInfo, dtype: Any, device: Any) -> Any:
+    """GPT2LMHeadModel from safetensors (or weights-only pickle), checked for missing weights."""
+    torch, transformers = import_torch()
+    directory = info.model_dir
+    use_safetensors = any(directory.glob("model*.safetensors"))
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, loading = transformers.GPT2LMHeadModel.from_pretrained(
+                directory,
+                dtype=dtype,
+                use_safetensors=use_safetensors,
+                trust_remote_code=False,
+                local_files_only=True,
+                output_loading_info=True,
+            )
+    except Exception as exc:  # safetensors, pickle and config errors have many types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{directory}: cannot load the weights: {detail}") from None
+    missing = [k for k in loading["missing_keys"] if not k.endswith(_OPTIONAL_KEYS)]
+    if missing:
+        raise ModelError(
+            f"{directory}: the weights lack {len(missing)} tensors (e.g. {missing[0]}): "
+            "incomplete or not a GPT-2 checkpoint"
+        )
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(device)
