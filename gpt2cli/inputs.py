@@ -93,10 +93,11 @@ def iter_decoded(source: Source, replace_invalid: bool = False) -> Iterator[str]
             except OSError as exc:
                 raise InputError(f"{source.name}: read failed: {exc.strerror}") from None
             _check_block(block or b"", source.name, offset)
+            # The decoder holds back an incomplete character; error positions count from it.
+            pending = len(decoder.getstate()[0])
             try:
                 piece = decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
-                pending = len(decoder.getstate()[0]) if block else 0
                 at = offset - pending + exc.start
                 raise InputError(
                     f"{source.name}: invalid UTF-8 at byte offset {at} "

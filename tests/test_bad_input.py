@@ -1,0 +1,259 @@
+"""The bad-input matrix: every case runs the real console script in a subprocess and must fail with
+the right exit code and one clear stderr line (no traceback), changing no file and leaving no
+half-written one. A few rows are inputs that look hostile but are valid, and must just work."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import Result, assert_one_line_error
+
+GPT2CLI = str(Path(sys.executable).parent / "gpt2cli")
+ONE_LINE_MB = 50
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row. `args` may name {work} (the case's own directory) and {model} (a copy there of
+    the model fixture named by `model`)."""
+
+    id: str
+    args: tuple[str, ...]
+    code: int
+    message: str = ""  # a substring of the one error line; success rows have none
+    stdin: bytes = b""
+    files: dict[str, bytes] = field(default_factory=dict)
+    model: str | None = None  # a conftest fixture giving a model directory
+    prepare: Callable[[Path], None] | None = None  # damage or add files in the work directory
+    stdout: bytes | None = None  # the exact output of a success row
+    max_rss_mb: int | None = None
+    unreadable: tuple[str, ...] = ()  # chmod 000 these and run without root's file override
+
+
+def _write_one_line(work: Path) -> None:
+    words = (ONE_LINE_MB * 1_000_000 - len("hello world")) // len(" hello world")
+    with open(work / "line.txt", "w", encoding="utf-8") as f:
+        f.write("hello world" + " hello world" * words + "\n")
+
+
+# "hello" " world" (" hello" " world")*N "\n"
+ONE_LINE_TOKENS = 2 + 2 * ((ONE_LINE_MB * 1_000_000 - 11) // 12) + 1
+
+INPUT_CASES = [
+    Case("empty stdin", ("tokenize",), 2, "<stdin>: input is empty"),
+    Case("empty stdin --lines", ("tokenize", "--lines"), 2, "input has no non-blank lines"),
+    Case(
+        "only whitespace",
+        ("tokenize", "-f", "blank.txt"),
+        2,
+        "blank.txt: input is only whitespace",
+        files={"blank.txt": b" \n\t\r\n  \n"},
+    ),
+    Case(
+        "only whitespace --lines",
+        ("tokenize", "--lines", "-f", "blank.txt"),
+        2,
+        "input has no non-blank lines",
+        files={"blank.txt": b" \n\t\r\n  \n"},
+    ),
+    Case(
+        "invalid UTF-8 file",
+        ("tokenize", "-f", "latin1.txt"),
+        2,
+        "latin1.txt: invalid UTF-8 at byte offset 20 (pass --replace-invalid",
+        files={"latin1.txt": "Déjà vu, café".encode() + b" caf\xe9\n"},
+    ),
+    Case(
+        "invalid UTF-8 stdin",
+        ("tokenize", "--lines"),
+        2,
+        "<stdin>: invalid UTF-8 at byte offset 3",
+        stdin=b"ok\n\xc3(\n",
+    ),
+    Case(
+        "truncated UTF-8 at the end",
+        ("tokenize",),
+        2,
+        "<stdin>: invalid UTF-8 at byte offset 5",
+        stdin="hello€".encode()[:-1],
+    ),
+    Case(
+        "NUL byte",
+        ("tokenize", "-f", "binary.bin"),
+        2,
+        "binary.bin: NUL byte at byte offset 3: this looks like binary",
+        files={"binary.bin": b"abc\x00def"},
+    ),
+    Case(
+        "NUL byte on stdin",
+        ("tokenize", "--lines"),
+        2,
+        "<stdin>: NUL byte at byte offset 6",
+        stdin=b"hello\n\x00\n",
+    ),
+    Case(
+        f"{ONE_LINE_MB} MB single line, counted",
+        ("tokenize", "--count", "-f", "line.txt"),
+        0,
+        prepare=_write_one_line,
+        stdout=f"{ONE_LINE_TOKENS}\n".encode(),
+        max_rss_mb=300,
+    ),
+    Case(
+        f"{ONE_LINE_MB} MB single line, ids",
+        ("tokenize", "-f", "line.txt"),
+        0,
+        prepare=_write_one_line,
+        max_rss_mb=300,
+    ),
+    Case("nonexistent file", ("tokenize", "-f", "missing.txt"), 2, "missing.txt: no such file"),
+    Case(
+        "directory",
+        ("tokenize", "-f", "{work}"),
+        2,
+        ": is a directory, not a file",
+    ),
+    Case(
+        "no read permission",
+        ("tokenize", "-f", "secret.txt"),
+        2,
+        "secret.txt: permission denied",
+        files={"secret.txt": b"top secret\n"},
+        unreadable=("secret.txt",),
+    ),
+    Case("stdin twice", ("tokenize", "-f", "-", "-f", "-"), 2, "'-' (stdin) can be given only"),
+    Case("unknown option", ("tokenize", "--frobnicate"), 2, "No such option: --frobnicate"),
+    Case("threads 0", ("tokenize", "--threads", "0", "x"), 2, "Invalid value for '--threads'"),
+    Case("exclusive formats", ("tokenize", "--json", "--jsonl", "x"), 2, "exclusive"),
+    Case(
+        "decode id = vocabulary size",
+        ("tokenize", "--decode", "15496 50257"),
+        2,
+        "token id 50257 is outside the vocabulary (0..50256)",
+    ),
+    Case(
+        "decode huge id",
+        ("tokenize", "--decode", "99999999999999999999"),
+        2,
+        "is outside the vocabulary (0..50256)",
+    ),
+    Case("decode negative id", ("tokenize", "--decode", "--", "-1"), 2, "token id -1 is outside"),
+    Case(
+        "decode non-integer",
+        ("tokenize", "--decode", "15496 11.5"),
+        2,
+        "expected token ids (integers), got '15496 11.5'",
+    ),
+    Case(
+        "decode JSON with a float",
+        ("tokenize", "--decode", "[15496, 1e3]"),
+        2,
+        "expected token ids (integers)",
+    ),
+    Case("decode words", ("tokenize", "--decode", "-f", "-"), 2, "expected token ids", stdin=b"hi"),
+]
+
+CASES = INPUT_CASES
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    """Every file below `directory` (hidden and temporary ones included) with its content hash."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except PermissionError:
+                digest = "unreadable"
+            files[str(path.relative_to(directory))] = digest
+        elif path.is_dir():
+            files[str(path.relative_to(directory)) + "/"] = "dir"
+    return files
+
+
+def _without_file_override() -> None:
+    """In the child: drop root's CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH before exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "cannot drop capabilities")
+
+
+def _run(case: Case, work: Path, env: dict[str, str]) -> tuple[Result, int]:
+    """Run the case; returns its result and the command's peak RSS in MB."""
+    args = [
+        a.replace("{work}", str(work)).replace("{model}", str(work / "model")) for a in case.args
+    ]
+    proc = subprocess.Popen(
+        [GPT2CLI, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=work,
+        env=env,
+        preexec_fn=_without_file_override if case.unreadable and os.geteuid() == 0 else None,
+    )
+    with ThreadPoolExecutor(2) as pool:
+        stdout, stderr = pool.submit(proc.stdout.read), pool.submit(proc.stderr.read)
+        try:
+            proc.stdin.write(case.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it did not want its stdin
+        result = Result(0, stdout.result(timeout=300), stderr.result(timeout=300))
+    _, status, usage = os.wait4(proc.pid, 0)  # reap it ourselves, for its own peak RSS
+    proc.returncode = result.returncode = os.waitstatus_to_exitcode(status)
+    return result, usage.ru_maxrss // 1024
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    for name, content in case.files.items():
+        (work / name).write_bytes(content)
+    if case.model:
+        shutil.copytree(request.getfixturevalue(case.model), work / "model")
+    if case.prepare:
+        case.prepare(work)
+    for name in case.unreadable:
+        (work / name).chmod(0)
+    if case.unreadable and os.geteuid() == 0:
+        try:
+            subprocess.run(["true"], preexec_fn=_without_file_override, check=True)
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE")
+    hf_home = tmp_path / "hf-home"  # empty: no model is cached
+    hf_home.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "GPT2CLI"))},
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "NO_COLOR": "1",
+    }
+    before = _snapshot(work)
+
+    result, rss = _run(case, work, env)
+
+    if case.code == 0:
+        assert result.returncode == 0 and result.stderr == b"", (result.returncode, result.err)
+        if case.stdout is not None:
+            assert result.stdout == case.stdout
+    else:
+        line = assert_one_line_error(result, case.code)
+        assert case.message in line, line
+        assert len(line) < 400, "one clear line, not a dump"
+    if case.max_rss_mb:
+        assert 0 < rss < case.max_rss_mb, f"peak RSS {rss} MB"
+    assert _snapshot(work) == before, "files were changed or left behind"
