@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gpt2cli import __version__
+from gpt2cli.commands.generate import generate
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from gpt2cli.outputs import Settings, color_allowed
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 
 app.command("tokenize")(tokenize)
+app.command("generate")(generate)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

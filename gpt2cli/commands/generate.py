@@ -1,0 +1,361 @@
+"""`gpt2cli generate`: text generation on the torch or onnx backend."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from enum import Enum
+from typing import IO, Annotated, Any
+
+import typer
+
+from gpt2cli import options
+from gpt2cli.errors import InputError
+from gpt2cli.outputs import output_stream, to_json
+
+DEFAULT_MODEL = "gpt2"
+DEFAULT_BATCH_SIZE = 8
+GENERATION = "Generation (transformers' names; defaults: the model's generation config)"
+OUTPUT = "Output"
+
+
+class OutputFormat(str, Enum):
+    """--format choices."""
+
+    text = "text"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class Truncate(str, Enum):
+    """--truncate choices."""
+
+    none = "none"
+    left = "left"
+
+
+def _option(*names: str, help: str, panel: str = GENERATION, **kwargs: Any) -> Any:  # noqa: A002
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False, **kwargs)
+
+
+def generate(
+    texts: options.Texts = None,
+    files: options.Files = None,
+    lines: options.Lines = False,
+    replace_invalid: options.ReplaceInvalid = False,
+    model: options.Model = None,
+    backend: options.BackendOpt = options.BackendName.auto,
+    device: options.DeviceOpt = options.DeviceName.cpu,
+    dtype: options.DtypeOpt = options.DtypeName.float32,
+    threads: options.ThreadsOpt = None,
+    max_new_tokens: Annotated[
+        int | None, _option("--max-new-tokens", help="New tokens to generate (beats --max-length).")
+    ] = None,
+    max_length: Annotated[
+        int | None, _option("--max-length", help="Prompt plus new tokens, at most (gpt2: 50).")
+    ] = None,
+    min_length: Annotated[
+        int | None, _option("--min-length", help="No end-of-text before this total length.")
+    ] = None,
+    min_new_tokens: Annotated[
+        int | None, _option("--min-new-tokens", help="No end-of-text before this many new tokens.")
+    ] = None,
+    num_return_sequences: Annotated[
+        int | None,
+        _option("--num-return-sequences", "-n", help="Sequences per prompt (needs sampling)."),
+    ] = None,
+    do_sample: Annotated[
+        bool | None,
+        _option("--do-sample/--greedy", help="Sample, or take the likeliest token (gpt2: sample)."),
+    ] = None,
+    temperature: Annotated[
+        float | None, _option("--temperature", "-t", help="Divide logits by this (1.0).")
+    ] = None,
+    top_k: Annotated[
+        int | None, _option("--top-k", help="Sample from the k most likely tokens; 0: all (50).")
+    ] = None,
+    top_p: Annotated[
+        float | None, _option("--top-p", help="Sample from the nucleus of this mass (1.0).")
+    ] = None,
+    repetition_penalty: Annotated[
+        float | None, _option("--repetition-penalty", help="> 1 discourages seen tokens (1.0).")
+    ] = None,
+    no_repeat_ngram_size: Annotated[
+        int | None, _option("--no-repeat-ngram-size", help="Never repeat an n-gram of this size.")
+    ] = None,
+    seed: Annotated[
+        int | None, _option("--seed", help="Make sampling reproducible (same on both backends).")
+    ] = None,
+    stop: Annotated[
+        list[str] | None,
+        _option(
+            "--stop",
+            metavar="STR",
+            help="End a sequence at STR, left out of the output (repeatable; \\n escapes work).",
+        ),
+    ] = None,
+    truncate: Annotated[
+        Truncate,
+        _option("--truncate", help="left: drop the start of prompts that overflow the context."),
+    ] = Truncate.none,
+    return_full_text: Annotated[
+        bool | None,
+        _option(
+            "--return-full-text/--no-return-full-text",
+            help="Print the prompt before its continuation (default: yes).",
+            panel=OUTPUT,
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat | None,
+        _option("--format", help="text (default), json or jsonl.", panel=OUTPUT),
+    ] = None,
+    separator: Annotated[
+        str | None,
+        _option(
+            "--separator",
+            metavar="STR",
+            help="Written after each sequence in text output (default '\\n' for one sequence, "
+            "'\\n---\\n' for several; '\\0' for NUL).",
+            panel=OUTPUT,
+        ),
+    ] = None,
+    stream: Annotated[
+        bool | None,
+        _option(
+            "--stream/--no-stream",
+            help="Print text as it is generated (default: on a terminal).",
+            panel=OUTPUT,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, _option("--batch-size", "-b", min=1, help="Prompts per batch (8).", panel=OUTPUT)
+    ] = DEFAULT_BATCH_SIZE,
+    request: Annotated[
+        str | None,
+        _option(
+            "--request",
+            metavar="FILE",
+            help="Answer a JSON request in the model cards' format A or B ('-': stdin).",
+            panel=OUTPUT,
+        ),
+    ] = None,
+    output: options.Output = None,
+    force: options.Force = False,
+) -> None:
+    """Generate text from prompts with a GPT-2 model.
+
+    Prompts come from TEXT arguments, -f FILE, or stdin; --lines makes each line a prompt.
+    Parameters use transformers' names and meanings, and default to the model's generation
+    config (gpt2: sampling with top-k 50 up to 50 tokens in all). With --request, read a JSON
+    request like the hosted endpoints' and answer in the same format.
+    """
+    from gpt2cli.decoding import GenerationParams
+
+    overrides: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "max_length": max_length,
+        "min_length": min_length,
+        "min_new_tokens": min_new_tokens,
+        "num_return_sequences": num_return_sequences,
+        "do_sample": do_sample,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+        "seed": seed,
+        "stop": tuple(unescape(s) for s in stop) if stop else None,
+        "truncate_left": truncate == Truncate.left,
+    }
+    if request is not None:
+        if texts or files or lines:
+            raise InputError("--request takes no TEXT arguments, --file or --lines")
+        if output_format is not None or separator is not None or stream:
+            raise InputError("--request answers in the request's own JSON format: drop --format, "
+                             "--separator and --stream")
+        _answer_request(request, overrides, return_full_text, model, backend, device, dtype,
+                        threads, batch_size, replace_invalid, output, force)
+        return
+
+    from gpt2cli.inputs import iter_texts, resolve_sources
+    from gpt2cli.loader import load_backend
+
+    fmt = output_format or OutputFormat.text
+    if fmt != OutputFormat.text and separator is not None:
+        raise InputError("--separator applies to --format text only")
+    sources = resolve_sources(texts, files)  # fail on missing input before loading the model
+    engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
+    params = GenerationParams.resolve(
+        engine.info.generation_defaults, overrides, eos_token_id=engine.info.eos_token_id
+    )
+    if separator is None:
+        single = len(sources) == 1 and not lines and params.num_return_sequences == 1
+        separator = "\n" if single else "\n---\n"
+    full_text = True if return_full_text is None else return_full_text
+    prompts = iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid)
+    with output_stream(output, force) as out:
+        to_terminal = output in (None, "-") and sys.stdout.isatty()
+        live = fmt == OutputFormat.text and (to_terminal if stream is None else stream)
+        if stream and output not in (None, "-"):
+            raise InputError("--stream writes to stdout, not to -o")
+        writer: SequenceWriter
+        if fmt == OutputFormat.text:
+            writer = TextWriter(out, unescape(separator), full_text, params.stop, live)
+        else:
+            writer = JsonWriter(out, full_text, lines=fmt == OutputFormat.jsonl)
+        for sequences, steps in _run(engine, params, prompts, batch_size):
+            writer.start(sequences)
+            for _ in steps:
+                if live:
+                    writer.update()
+            writer.update()
+        writer.close()
+
+
+def _run(engine, params, prompts, batch_size: int) -> Iterator[tuple[list, Iterator[None]]]:  # noqa: ANN001
+    """For each batch: its sequences and the decode steps that fill them in."""
+    from gpt2cli.decoding import Decoder, Prompt, batched, plan_sequences
+
+    decoder = Decoder(engine, params)
+    first = 0
+    for batch in batched(prompts, batch_size):
+        items = [Prompt(t.text, t.source) for t in batch]
+        ids = engine.tokenizer.encode_batch([p.text for p in items])
+        sequences = plan_sequences(items, ids, params, engine.info.n_positions, first)
+        for seq in sequences:
+            if seq.truncated_tokens and seq.sequence_index == 0:
+                from gpt2cli.outputs import warn
+
+                warn(f"{seq.prompt.source}: dropped the first {seq.truncated_tokens} prompt tokens "
+                     "to fit the context (--truncate left)")
+        yield sequences, decoder.run(sequences)
+        first += len(batch)
+
+
+class SequenceWriter:
+    """Writes finished (or, when streaming, growing) sequences in input order."""
+
+    def start(self, sequences: list) -> None:
+        self.sequences = sequences
+        self.cursor = 0
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class TextWriter(SequenceWriter):
+    """Plain text: each sequence followed by the separator; streams the oldest unfinished one."""
+
+    def __init__(self, out: IO[str], separator: str, full_text: bool, stops: Sequence[str],
+                 live: bool) -> None:
+        self.out = out
+        self.separator = separator
+        self.full_text = full_text
+        self.stops = tuple(s.encode("utf-8") for s in stops)
+        self.live = live
+        self.opened = False
+
+    def update(self) -> None:
+        wrote = False
+        while self.cursor < len(self.sequences):
+            seq = self.sequences[self.cursor]
+            if not self.opened:
+                self.opened = True
+                if self.full_text:
+                    self.out.write(seq.prompt.text)
+                    wrote = True
+            piece = seq.take_text(self.stops)
+            if piece:
+                self.out.write(piece)
+                wrote = True
+            if not seq.finished:
+                break
+            self.out.write(self.separator)
+            wrote = True
+            self.cursor += 1
+            self.opened = False
+        if wrote and self.live:
+            self.out.flush()
+
+
+class JsonWriter(SequenceWriter):
+    """One object per sequence: a JSON array at the end, or JSON lines as sequences finish."""
+
+    def __init__(self, out: IO[str], full_text: bool, lines: bool) -> None:
+        self.out = out
+        self.full_text = full_text
+        self.lines = lines
+        self.records: list[dict] = []
+
+    def update(self) -> None:
+        while self.cursor < len(self.sequences) and self.sequences[self.cursor].finished:
+            record = sequence_record(self.sequences[self.cursor], self.full_text)
+            self.cursor += 1
+            if self.lines:
+                self.out.write(to_json(record) + "\n")
+                self.out.flush()
+            else:
+                self.records.append(record)
+
+    def close(self) -> None:
+        if not self.lines:
+            self.out.write(to_json(self.records, indent=2) + "\n")
+
+
+def sequence_record(seq, full_text: bool) -> dict[str, Any]:  # noqa: ANN001
+    """The JSON object for one generated sequence."""
+    return {
+        "index": seq.prompt_index,
+        "sequence": seq.sequence_index,
+        "source": seq.prompt.source,
+        "prompt": seq.prompt.text,
+        "generated_text": (seq.prompt.text + seq.text) if full_text else seq.text,
+        "token_ids": seq.token_ids,
+        "finish_reason": seq.finish_reason,
+        "stop_string": seq.stop_string,
+        "prompt_tokens": len(seq.prompt_ids),
+        "generated_tokens": len(seq.token_ids),
+        "truncated_tokens": seq.truncated_tokens,
+    }
+
+
+def _answer_request(request_path: str, overrides: dict[str, Any], return_full_text: bool | None,
+                    model, backend, device, dtype, threads, batch_size: int,  # noqa: ANN001
+                    replace_invalid: bool, output: str | None, force: bool) -> None:
+    from gpt2cli.decoding import GenerationParams, cli_name
+    from gpt2cli.inputs import Text, read_texts
+    from gpt2cli.loader import load_backend
+    from gpt2cli.request_formats import parse_request
+
+    (body,) = read_texts(None, [request_path], replace_invalid=replace_invalid)
+    request = parse_request(body.text, body.source)
+    engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
+    merged = {**overrides, **request.parameters}
+    params = GenerationParams.resolve(
+        engine.info.generation_defaults, merged, eos_token_id=engine.info.eos_token_id,
+        name=lambda k: request.field(k) if k in request.parameters else cli_name(k),
+    )
+    full_text = next(v for v in (request.return_full_text, return_full_text, True) if v is not None)
+    prompts = [Text(text, request.prompt_source(i)) for i, text in enumerate(request.prompts)]
+    texts: list[list[str]] = [[] for _ in prompts]
+    for sequences, steps in _run(engine, params, prompts, batch_size):
+        for _ in steps:
+            pass
+        for seq in sequences:
+            texts[seq.prompt_index].append((seq.prompt.text + seq.text) if full_text else seq.text)
+    with output_stream(output, force) as out:
+        out.write(to_json(request.answer(texts)) + "\n")
+
+
+def unescape(value: str) -> str:
+    r"""Backslash escapes in option values: \n, \t, \0, \\, \xHH, \uXXXX."""
+    if "\\" not in value:
+        return value
+    try:
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{value!r}: bad backslash escape ({exc.reason})") from None

@@ -1,0 +1,181 @@
+"""The JSON request and response formats of the hosted endpoints in the GPT-2 model cards.
+
+Format A::
+
+    {"inputs": {"input_string": ["My name is John and I am", "Once upon a time,"]},
+     "parameters": {"min_length": 20, "max_length": 30, "num_return_sequences": 2}}
+
+answered with a list per input, each a list of {"generated_text": ...} objects.
+
+Format B::
+
+    {"input_data": ["Once upon a time, far far away,", "Long time ago, there was a man"],
+     "params": {"top_p": 1.0, "temperature": 1.0, "max_new_tokens": 50, "do_sample": true,
+                "return_full_text": true}}
+
+answered with a list of strings, one per input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gpt2cli.errors import InputError
+
+FORMAT_A: Literal["A"] = "A"
+FORMAT_B: Literal["B"] = "B"
+
+# Request parameters and their JSON types: transformers' text-generation names.
+PARAMETER_TYPES: dict[str, type] = {
+    "max_new_tokens": int,
+    "max_length": int,
+    "min_length": int,
+    "min_new_tokens": int,
+    "num_return_sequences": int,
+    "do_sample": bool,
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "repetition_penalty": float,
+    "no_repeat_ngram_size": int,
+    "return_full_text": bool,
+    "seed": int,
+    "stop": list,
+}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a string or a list of strings",
+}
+
+
+@dataclass
+class GenerationRequest:
+    """A parsed request: its prompts, its generation parameters, and how to answer."""
+
+    shape: Literal["A", "B"]
+    source: str
+    prompts: list[str]
+    parameters: dict[str, Any]  # generation parameters (return_full_text excluded)
+    return_full_text: bool | None
+
+    @property
+    def parameters_key(self) -> str:
+        return "parameters" if self.shape == FORMAT_A else "params"
+
+    def field(self, parameter: str) -> str:
+        """How to name a parameter in an error message."""
+        return f"{self.source}: {self.parameters_key}.{parameter}"
+
+    def prompt_source(self, index: int) -> str:
+        """How to name a prompt in messages."""
+        where = "inputs.input_string" if self.shape == FORMAT_A else "input_data"
+        return f"{self.source}: {where}[{index}]"
+
+    def answer(self, texts: Sequence[Sequence[str]]) -> list:
+        """The response for `texts`: per input, its generated texts (one or more)."""
+        if self.shape == FORMAT_A:
+            return [[{"generated_text": t} for t in per_input] for per_input in texts]
+        return [per_input[0] for per_input in texts]
+
+
+def parse_request(text: str, source: str = "request") -> GenerationRequest:
+    """Parse and check a format A or B request; InputError names any bad field."""
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(body, dict):
+        raise InputError(f"{source}: expected a JSON object with 'inputs' or 'input_data'")
+    if ("inputs" in body) == ("input_data" in body):
+        raise InputError(
+            f"{source}: expected exactly one of 'inputs' (format A) or 'input_data' (format B)"
+        )
+    if "inputs" in body:
+        shape, allowed, params_key = FORMAT_A, {"inputs", "parameters"}, "parameters"
+        inputs = body["inputs"]
+        if not isinstance(inputs, dict) or "input_string" not in inputs:
+            raise InputError(f"{source}: inputs: expected an object with 'input_string'")
+        extra = sorted(set(inputs) - {"input_string"})
+        if extra:
+            raise InputError(f"{source}: inputs.{extra[0]}: unknown field")
+        prompts = _prompts(inputs["input_string"], f"{source}: inputs.input_string")
+    else:
+        shape, allowed, params_key = FORMAT_B, {"input_data", "params"}, "params"
+        prompts = _prompts(body["input_data"], f"{source}: input_data")
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise InputError(f"{source}: {extra[0]}: unknown field")
+    raw = body.get(params_key)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: {params_key}: expected an object")
+    parameters = {
+        name: _check_type(name, value, f"{source}: {params_key}.{name}")
+        for name, value in raw.items()
+        if value is not None
+    }
+    return_full_text = parameters.pop("return_full_text", None)
+    request = GenerationRequest(shape, source, prompts, parameters, return_full_text)
+    if shape == FORMAT_B and parameters.get("num_return_sequences", 1) != 1:
+        raise InputError(
+            f"{request.field('num_return_sequences')}: format B answers one string per input; "
+            "use format A ('inputs') for several sequences per input"
+        )
+    return request
+
+
+def _prompts(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{where}: expected a non-empty list of strings")
+    for index, prompt in enumerate(value):
+        if not isinstance(prompt, str):
+            raise InputError(f"{where}[{index}]: expected a string, got {_json_type(prompt)}")
+        if not prompt.strip():
+            raise InputError(f"{where}[{index}]: the prompt is empty")
+        if "\0" in prompt:
+            raise InputError(f"{where}[{index}]: contains a NUL character")
+    return value
+
+
+def _check_type(name: str, value: Any, where: str) -> Any:
+    expected = PARAMETER_TYPES.get(name)
+    if expected is None:
+        raise InputError(f"{where}: unknown parameter")
+    ok = False
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif name == "stop":
+        if isinstance(value, str):
+            value = [value]
+        ok = isinstance(value, list) and all(isinstance(s, str) for s in value)
+        value = tuple(value) if ok else value
+    if not ok:
+        raise InputError(f"{where}: expected {_TYPE_NAMES[expected]}, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:40])}"
+    return "a list" if isinstance(value, list) else "an object"
