@@ -201,8 +201,10 @@ def _help_of(param: Any, ctx: Any) -> str:
 def _value_name(param: Any, ctx: Any) -> str:
     if param.metavar:
         return param.metavar
-    shown = param.display_type_rich(ctx) or "<value>"
-    return shown.strip("<>").removesuffix(" range").upper().replace("STR", "TEXT")
+    shown = (param.display_type_rich(ctx) or "<value>").strip("<>")
+    if "|" in shown:  # choices: the literal values
+        return shown
+    return shown.removesuffix(" range").upper().replace("STR", "TEXT")
 
 
 def _paragraphs(text: str) -> list[str]:
