@@ -7,6 +7,7 @@ Case counts: `pytest tests/test_fuzz.py --hypothesis-show-statistics`.
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from gpt2cli import inputs
 from gpt2cli.commands.tokenize import parse_ids
 from gpt2cli.errors import CliError, InputError
+from gpt2cli.request_formats import PARAMETER_TYPES, parse_request
 
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -176,3 +178,104 @@ def test_token_id_parser_returns_ints_or_a_clean_error(body: str) -> None:
 def test_token_id_parser_rejects_deeply_nested_json_cleanly() -> None:
     with pytest.raises(CliError):
         parse_ids(inputs.Text("[" * 100_000, "<arg>"))
+
+
+# ------------------------------------------------------------------ generate --request bodies
+
+# Integers stay within 64 bits and nesting stays shallow here: the xfail tests below cover the
+# huge-number and deep-nesting cases, which the request parser does not handle cleanly yet.
+FIELD_NAMES = st.sampled_from(
+    ["inputs", "input_string", "input_data", "parameters", "params", *PARAMETER_TYPES]
+)
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63),
+    st.floats(),
+    st.text(max_size=12),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(FIELD_NAMES, st.text(max_size=8)), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+PROMPTS = st.one_of(st.lists(st.text(max_size=12), max_size=3), JSON_VALUES)
+PARAMETERS = st.dictionaries(
+    st.one_of(st.sampled_from(sorted(PARAMETER_TYPES)), st.text(max_size=8)),
+    JSON_VALUES,
+    max_size=4,
+)
+
+
+def _check_request(body: str) -> None:
+    """Parse `body`; a parsed request must hold what the formats promise."""
+    try:
+        request = parse_request(body, "req.json")
+    except CliError as exc:
+        assert exc.message.startswith("req.json: ") and "\n" not in exc.message
+        return
+    assert request.shape in ("A", "B")
+    assert request.prompts and all(isinstance(p, str) and p.strip() for p in request.prompts)
+    for name, value in request.parameters.items():
+        expected = PARAMETER_TYPES[name]
+        if name == "stop":
+            assert isinstance(value, tuple) and all(isinstance(s, str) for s in value)
+        else:
+            assert type(value) is expected, (name, value)
+
+
+@FUZZ
+@given(body=st.one_of(st.text(), JSON_VALUES.map(json.dumps)))
+def test_any_request_body_parses_or_fails_cleanly(body: str) -> None:
+    _check_request(body)
+
+
+@FUZZ
+@given(shape=st.sampled_from("AB"), prompts=PROMPTS, parameters=PARAMETERS, extra=JSON_VALUES)
+def test_requests_of_both_shapes_parse_or_fail_cleanly(
+    shape: str, prompts: object, parameters: dict, extra: object
+) -> None:
+    if shape == "A":
+        body = {"inputs": {"input_string": prompts}, "parameters": parameters}
+    else:
+        body = {"input_data": prompts, "params": parameters}
+    if isinstance(extra, dict):
+        body.update(extra)  # stray or clashing top-level fields
+    _check_request(json.dumps(body))
+
+
+@FUZZ
+@given(data=st.data(), shape=st.sampled_from("AB"))
+def test_mangled_requests_parse_or_fail_cleanly(data: st.DataObject, shape: str) -> None:
+    body = json.dumps(
+        {"inputs": {"input_string": ["Once upon a time,"]}, "parameters": {"max_length": 30}}
+        if shape == "A"
+        else {"input_data": ["Long ago"], "params": {"top_p": 0.9, "do_sample": True}}
+    )
+    at = data.draw(st.integers(0, len(body)))
+    cut = data.draw(st.integers(0, 3))
+    insert = data.draw(st.text(alphabet='{}[]",:0123456789.-etruflasn ', max_size=3))
+    _check_request(body[:at] + insert + body[at + cut :])
+
+
+@pytest.mark.xfail(
+    strict=True, reason="OverflowError escapes request_formats; reported to the lead"
+)
+def test_request_with_a_huge_number_for_a_float_parameter_fails_cleanly() -> None:
+    with pytest.raises(CliError):
+        parse_request('{"input_data": ["a"], "params": {"temperature": 1' + "0" * 400 + "}}")
+
+
+@pytest.mark.xfail(strict=True, reason="json's ValueError escapes request_formats; reported")
+def test_request_with_a_5000_digit_integer_fails_cleanly() -> None:
+    with pytest.raises(CliError):
+        parse_request('{"input_data": ["a"], "params": {"top_k": 1' + "0" * 5000 + "}}")
+
+
+@pytest.mark.xfail(strict=True, reason="RecursionError escapes request_formats; reported")
+def test_deeply_nested_request_fails_cleanly() -> None:
+    with pytest.raises(CliError):
+        parse_request('{"input_data": ' + "[" * 100_000 + "]" * 100_000 + "}")
