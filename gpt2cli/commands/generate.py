@@ -184,6 +184,8 @@ def generate(
     fmt = output_format or OutputFormat.text
     if fmt != OutputFormat.text and separator is not None:
         raise InputError("--separator applies to --format text only")
+    if stream and output not in (None, "-"):
+        raise InputError("--stream writes to stdout, not to -o")
     sources = resolve_sources(texts, files)  # fail on missing input before loading the model
     engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
     params = GenerationParams.resolve(
@@ -195,19 +197,17 @@ def generate(
     full_text = True if return_full_text is None else return_full_text
     prompts = iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid)
     with output_stream(output, force) as out:
-        to_terminal = output in (None, "-") and sys.stdout.isatty()
-        live = fmt == OutputFormat.text and (to_terminal if stream is None else stream)
-        if stream and output not in (None, "-"):
-            raise InputError("--stream writes to stdout, not to -o")
         writer: SequenceWriter
         if fmt == OutputFormat.text:
+            to_terminal = output in (None, "-") and sys.stdout.isatty()
+            live = to_terminal if stream is None else stream
             writer = TextWriter(out, unescape(separator), full_text, params.stop, live)
         else:
             writer = JsonWriter(out, full_text, lines=fmt == OutputFormat.jsonl)
         for sequences, steps in _run(engine, params, prompts, batch_size):
             writer.start(sequences)
             for _ in steps:
-                if live:
+                if writer.live:
                     writer.update()
             writer.update()
         writer.close()
@@ -235,6 +235,8 @@ def _run(engine, params, prompts, batch_size: int) -> Iterator[tuple[list, Itera
 
 class SequenceWriter:
     """Writes finished (or, when streaming, growing) sequences in input order."""
+
+    live = False  # update after every decode step, not only at the end of a batch
 
     def start(self, sequences: list) -> None:
         self.sequences = sequences
@@ -288,7 +290,7 @@ class JsonWriter(SequenceWriter):
     def __init__(self, out: IO[str], full_text: bool, lines: bool) -> None:
         self.out = out
         self.full_text = full_text
-        self.lines = lines
+        self.lines = self.live = lines
         self.records: list[dict] = []
 
     def update(self) -> None:
