@@ -39,6 +39,7 @@ class Case:
     stdout: bytes | None = None  # the exact output of a success row
     max_rss_mb: int | None = None
     unreadable: tuple[str, ...] = ()  # chmod 000 these and run without root's file override
+    xfail: str = ""  # a known failure in another part of the tool, with who was told
 
 
 def _write_one_line(work: Path) -> None:
@@ -164,7 +165,167 @@ INPUT_CASES = [
     Case("decode words", ("tokenize", "--decode", "-f", "-"), 2, "expected token ids", stdin=b"hi"),
 ]
 
-CASES = INPUT_CASES
+
+def _truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
+    def prepare(work: Path) -> None:
+        path = work / "model" / name
+        with open(path, "r+b") as f:
+            f.truncate(int(path.stat().st_size * keep))
+
+    return prepare
+
+
+def _remove(name: str) -> Callable[[Path], None]:
+    return lambda work: (work / "model" / name).unlink()
+
+
+def _request(body: str) -> dict[str, bytes]:
+    return {"req.json": body.encode()}
+
+
+GENERATE = ("generate", "-m", "{model}")
+OLD_OUTPUT = {"out.txt": b"results of an earlier run\n"}
+MODEL_CASES = [
+    Case(
+        "request: malformed JSON",
+        (*GENERATE, "--request", "req.json"),
+        2,
+        "req.json: not valid JSON (line 1, column 21: Expecting value)",
+        files=_request('{"input_data": ["a",]}'),
+        model="tiny_model_dir",
+    ),
+    Case(
+        "request: wrong shape",
+        (*GENERATE, "--request", "req.json"),
+        2,
+        "req.json: inputs: expected an object with 'input_string'",
+        files=_request('{"inputs": ["My name is"]}'),
+        model="tiny_model_dir",
+    ),
+    Case(
+        "request: prompts not strings",
+        (*GENERATE, "--request", "-"),
+        2,
+        "<stdin>: input_data[1]: expected a string, got the number 3",
+        stdin=b'{"input_data": ["a", 3]}',
+        model="tiny_model_dir",
+    ),
+    Case(
+        "request: unknown parameter",
+        (*GENERATE, "--request", "req.json"),
+        2,
+        "req.json: params.beam_width: unknown parameter",
+        files=_request('{"input_data": ["Once"], "params": {"beam_width": 4}}'),
+        model="tiny_model_dir",
+    ),
+    Case(
+        "request: parameter of the wrong type",
+        (*GENERATE, "--request", "req.json"),
+        2,
+        'req.json: parameters.max_length: expected an integer, got the string "30"',
+        files=_request('{"inputs": {"input_string": ["a"]}, "parameters": {"max_length": "30"}}'),
+        model="tiny_model_dir",
+    ),
+    Case(
+        "request: empty stdin",
+        (*GENERATE, "--request", "-"),
+        2,
+        "<stdin>: input is empty",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "unknown model id while offline",
+        ("generate", "-m", "no-such-org/no-such-model", "Hello"),
+        1,
+        "no-such-org/no-such-model: not in the local Hub cache and the Hugging Face Hub cannot be "
+        "reached",
+    ),
+    Case(
+        "truncated model.safetensors",
+        (*GENERATE, "Hello"),
+        1,
+        "cannot load the weights",
+        model="tiny_model_dir",
+        prepare=_truncate("model.safetensors"),
+    ),
+    Case(
+        "missing config.json",
+        (*GENERATE, "Hello"),
+        1,
+        "no config.json; not a model directory, or incomplete",
+        model="tiny_model_dir",
+        prepare=_remove("config.json"),
+    ),
+    Case(
+        "temperature 0 while sampling",
+        (*GENERATE, "--do-sample", "--temperature", "0", "Hello"),
+        2,
+        "--temperature: must be a strictly positive number, got 0.0",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "negative temperature while sampling",
+        (*GENERATE, "--do-sample", "-t", "-0.5", "Hello"),
+        2,
+        "--temperature: must be a strictly positive number",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "temperature 0 in a sampling request",
+        (*GENERATE, "--request", "req.json"),
+        2,
+        "req.json: params.temperature: must be a strictly positive number",
+        files=_request('{"input_data": ["a"], "params": {"temperature": 0, "do_sample": true}}'),
+        model="tiny_model_dir",
+    ),
+    Case(
+        "top-p above 1",
+        (*GENERATE, "--do-sample", "--top-p", "1.5", "Hello"),
+        2,
+        "--top-p: must be between 0 and 1, got 1.5",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "top-p 0",
+        (*GENERATE, "--do-sample", "--top-p", "0", "Hello"),
+        2,
+        "--top-p",
+        model="tiny_model_dir",
+        xfail="generate accepts --top-p 0 (the range is (0, 1]); reported to the lead",
+    ),
+    Case(
+        "negative max-new-tokens",
+        (*GENERATE, "--max-new-tokens", "-1", "Hello"),
+        2,
+        "--max-new-tokens: must be >= 1, got -1",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "-o onto an existing file without --force",
+        (*GENERATE, "--max-new-tokens", "2", "-o", "out.txt", "Hello"),
+        2,
+        "out.txt: already exists (pass --force to overwrite)",
+        files=OLD_OUTPUT,
+        model="tiny_model_dir",
+    ),
+    Case(
+        "-o --force, then a failure: the old file stays",
+        (*GENERATE, "--max-new-tokens", "-1", "-o", "out.txt", "--force", "Hello"),
+        2,
+        "--max-new-tokens: must be >= 1",
+        files=OLD_OUTPUT,
+        model="tiny_model_dir",
+    ),
+    Case(
+        "-o into a missing directory",
+        (*GENERATE, "-o", "no/such/dir/out.txt", "Hello"),
+        2,
+        "no such directory",
+        model="tiny_model_dir",
+    ),
+]
+
+CASES = INPUT_CASES + MODEL_CASES
 
 
 def _snapshot(directory: Path) -> dict[str, str]:
@@ -217,7 +378,15 @@ def _run(case: Case, work: Path, env: dict[str, str]) -> tuple[Result, int]:
     return result, usage.ru_maxrss // 1024
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] * bool(c.xfail)
+        )
+        for c in CASES
+    ],
+)
 def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     work = tmp_path / "work"
     work.mkdir()
