@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gpt2cli import __version__
+from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.generate import generate
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError
@@ -25,6 +26,7 @@ app = typer.Typer(
 
 app.command("tokenize")(tokenize)
 app.command("generate")(generate)
+app.command("export-onnx")(export_onnx)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

@@ -31,3 +31,38 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def memorised_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny GPT-2 shape trained to reproduce tests.models.MEMORISED_PARAGRAPH."""
     return build_memorised_model(tmp_path_factory.mktemp("memorised-gpt2") / "model")
+
+
+def _export(source: Path, factory: pytest.TempPathFactory, name: str, quantize: str | None) -> Path:
+    """Export through the real export-onnx engine (validation is tested in test_export.py)."""
+    from gpt2cli.exporting import ExportOptions, export_model
+
+    target = factory.mktemp(name) / "model"
+    export_model(str(source), target, ExportOptions(quantize=quantize, validate=False))
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_model_dir exported by export-onnx (fp32)."""
+    return _export(tiny_model_dir, tmp_path_factory, "tiny-onnx", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_int8_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_model_dir exported by export-onnx --quantize int8."""
+    return _export(tiny_model_dir, tmp_path_factory, "tiny-onnx-int8", "int8")
+
+
+@pytest.fixture(scope="session")
+def memorised_onnx_dir(memorised_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """memorised_model_dir exported by export-onnx (fp32)."""
+    return _export(memorised_model_dir, tmp_path_factory, "memorised-onnx", None)
+
+
+@pytest.fixture(scope="session")
+def memorised_onnx_int8_dir(
+    memorised_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """memorised_model_dir exported by export-onnx --quantize int8."""
+    return _export(memorised_model_dir, tmp_path_factory, "memorised-onnx-int8", "int8")

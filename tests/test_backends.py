@@ -154,3 +154,150 @@ def test_memorised_paragraph_greedy_on_torch(memorised_model_dir) -> None:  # no
     ids = backend.tokenizer.encode(MEMORISED_PARAGRAPH)
     produced = greedy_continue(backend, ids[:MEMORISED_PROMPT_TOKENS], len(ids))
     assert produced == ids[MEMORISED_PROMPT_TOKENS:] + [50256]
+
+
+@pytest.fixture(scope="module")
+def onnx_backend(tiny_onnx_dir):  # noqa: ANN001, ANN201
+    return load_backend(str(tiny_onnx_dir), backend="onnx")
+
+
+def test_auto_picks_onnx_for_an_export(tiny_onnx_dir) -> None:  # noqa: ANN001
+    backend = load_backend(str(tiny_onnx_dir))
+    assert backend.name == "onnx"
+    assert backend.info.generation_defaults["max_length"] == 50
+    assert backend.tokenizer.encode("Hello, I'm a language model,")[:3] == [15496, 11, 314]
+
+
+@pytest.mark.parametrize("mode", ["all", "last"])
+def test_onnx_logits_agree_with_torch(torch_backend, onnx_backend, mode) -> None:  # noqa: ANN001
+    ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
+    positions = position_ids_from_mask(mask, ids.shape[1])
+    expected = torch_backend.forward(ids, mask, positions, logits=mode).logits
+    got = onnx_backend.forward(ids, mask, positions, logits=mode).logits
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_onnx_cached_decoding_agrees_with_torch_for_20_steps(torch_backend, onnx_backend) -> None:  # noqa: ANN001
+    ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
+    expected, _ = decode_with_cache(torch_backend, ids, mask, steps=20)
+    got, _ = decode_with_cache(onnx_backend, ids, mask, steps=20)
+    assert got.shape == (2, 21, 50257)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2, -1, -2])
+def test_onnx_hidden_layers_agree_with_torch(torch_backend, onnx_backend, layer) -> None:  # noqa: ANN001
+    ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
+    positions = position_ids_from_mask(mask, ids.shape[1])
+    expected = torch_backend.forward(ids, mask, positions, logits="none", hidden_layer=layer)
+    got = onnx_backend.forward(ids, mask, positions, logits="none", hidden_layer=layer)
+    assert got.logits is None and got.hidden.shape == (2, ids.shape[1], 64)
+    np.testing.assert_allclose(got.hidden, expected.hidden, rtol=0, atol=1e-4)
+
+
+def test_onnx_hidden_layer_out_of_range(onnx_backend) -> None:  # noqa: ANN001
+    ids = np.array([[15496, 11]], dtype=np.int64)
+    with pytest.raises(InputError, match="out of range"):
+        onnx_backend.forward(ids, np.ones_like(ids), np.array([[0, 1]]), hidden_layer=-4)
+
+
+def test_onnx_select_cache_drops_rows(onnx_backend) -> None:  # noqa: ANN001
+    ids, mask = padded_batch(onnx_backend.tokenizer, PROMPTS)
+    result = onnx_backend.forward(ids, mask, position_ids_from_mask(mask, ids.shape[1]))
+    cache = onnx_backend.select_cache(result.cache, np.array([1, 1]))
+    token = np.array([[262], [262]], dtype=np.int64)
+    step_mask = np.concatenate([mask[[1, 1]], [[1], [1]]], axis=1)
+    kept = onnx_backend.forward(token, step_mask, position_ids_from_mask(step_mask, 1), cache)
+    alone_ids = np.concatenate([ids[1:], token[:1]], axis=1)
+    alone_positions = position_ids_from_mask(step_mask[:1], alone_ids.shape[1])
+    alone = onnx_backend.forward(alone_ids, step_mask[:1], alone_positions)
+    np.testing.assert_allclose(kept.logits, np.repeat(alone.logits, 2, axis=0), atol=1e-4)
+
+
+def test_onnx_dtype_and_device_errors(tiny_onnx_dir) -> None:  # noqa: ANN001
+    from gpt2cli.errors import CliError
+
+    with pytest.raises(CliError, match="export's own precision"):
+        load_backend(str(tiny_onnx_dir), dtype="bfloat16")
+    with pytest.raises(CliError, match="export's own precision"):
+        load_backend(str(tiny_onnx_dir), dtype="float16")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(CliError, match="no CUDA support"):
+            load_backend(str(tiny_onnx_dir), device="cuda")
+
+
+def test_onnx_threads_option(tiny_onnx_dir) -> None:  # noqa: ANN001
+    backend = load_backend(str(tiny_onnx_dir), threads=1)
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_int8_export_stays_close_on_random_weights(torch_backend, tiny_onnx_int8_dir) -> None:  # noqa: ANN001
+    int8 = load_backend(str(tiny_onnx_int8_dir))
+    ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
+    positions = position_ids_from_mask(mask, ids.shape[1])
+    expected = torch_backend.forward(ids, mask, positions, logits="all").logits
+    got = int8.forward(ids, mask, positions, logits="all").logits
+    assert 0 < np.abs(got - expected).max() < 0.5 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize(
+    "model_fixture", ["memorised_model_dir", "memorised_onnx_dir", "memorised_onnx_int8_dir"]
+)
+def test_memorised_paragraph_greedy_on_every_backend(model_fixture, request) -> None:  # noqa: ANN001
+    directory = request.getfixturevalue(model_fixture)
+    backend = load_backend(str(directory))
+    assert backend.name == ("torch" if model_fixture == "memorised_model_dir" else "onnx")
+    ids = backend.tokenizer.encode(MEMORISED_PARAGRAPH)
+    produced = greedy_continue(backend, ids[:MEMORISED_PROMPT_TOKENS], len(ids))
+    assert backend.tokenizer.decode(ids[:MEMORISED_PROMPT_TOKENS] + produced) == (
+        MEMORISED_PARAGRAPH + "<|endoftext|>"
+    )
+
+
+NO_TORCH_SCRIPT = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails, as if torch were not installed
+sys.modules["transformers"] = None
+import json
+import numpy as np
+from gpt2cli.backends.base import position_ids_from_mask
+from gpt2cli.loader import load_backend
+from tests.models import greedy_continue
+
+backend = load_backend(sys.argv[1])
+ids = np.array([backend.tokenizer.encode("Hello, I'm a language model,")], dtype=np.int64)
+mask = np.ones_like(ids)
+result = backend.forward(ids, mask, position_ids_from_mask(mask, ids.shape[1]), hidden_layer=-1)
+print(json.dumps({
+    "backend": backend.name,
+    "greedy": greedy_continue(backend, ids[0].tolist(), 10),
+    "logits": result.logits[0, :5].tolist(),
+    "heavy": sorted(m for m in ("torch", "transformers", "optimum", "onnx")
+                    if sys.modules.get(m) is not None),
+}))
+"""
+
+
+def test_onnx_backend_runs_without_torch(tiny_onnx_dir, onnx_backend) -> None:  # noqa: ANN001
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT, str(tiny_onnx_dir)],
+        capture_output=True, text=True, cwd=root, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["backend"] == "onnx"
+    assert report["heavy"] == []
+    ids = onnx_backend.tokenizer.encode("Hello, I'm a language model,")
+    assert report["greedy"] == greedy_continue(onnx_backend, ids, 10)
+    mask = np.ones((1, len(ids)), dtype=np.int64)
+    expected = onnx_backend.forward(np.array([ids]), mask, position_ids_from_mask(mask, len(ids)))
+    np.testing.assert_allclose(report["logits"], expected.logits[0, :5], rtol=0, atol=1e-6)

@@ -1,0 +1,505 @@
+"""The ONNX export engine behind `gpt2cli export-onnx`.
+
+Steps: optimum exports the model (text-generation-with-past, tied embedding stored once); a
+small graph edit adds `hidden_states.{i}` outputs and an overridable `logits_to_keep` input
+(default 0 = all positions, so optimum's ORTModelForCausalLM runs the file unchanged); optional
+int8 (dynamic) or int4 (MatMulNBits, weight-only) quantization; validation against PyTorch; the
+tokenizer, configs and a manifest beside the model. Everything is written to a temporary
+directory beside OUTDIR and renamed into place at the end.
+
+optimum, onnx and torch are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt2cli.errors import InputError, MissingExtraError, ModelError
+from gpt2cli.loader import (
+    MANIFEST_NAME,
+    METADATA_FILES,
+    ONNX_MODEL,
+    PYTORCH_BIN_FILES,
+    SAFETENSORS_FILES,
+    TOKENIZER_FILES,
+    read_config,
+    resolve_model_dir,
+)
+from gpt2cli.outputs import Settings
+
+TASK = "text-generation-with-past"
+QUANTIZATIONS = ("int8", "int4")
+KEEP_INPUT = "logits_to_keep"
+# An fp32 export whose logits stray further than this from PyTorch's is refused.
+FP32_TOLERANCE = 1e-3
+VALIDATION_TEXTS = (
+    "Hello, I'm a language model,",
+    "The quick brown fox jumps over the lazy dog while the farmer sleeps.",
+)
+VALIDATION_STEPS = 20
+LIBRARIES = (
+    "gpt2cli", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+    "accelerate",
+)
+
+
+@dataclass
+class ExportOptions:
+    """What `export-onnx` was asked to do."""
+
+    quantize: str | None = None  # None, "int8" or "int4"
+    per_channel: bool = False  # int8: one scale per output channel
+    block_size: int = 32  # int4: weights per quantization block
+    validate: bool = True
+    force: bool = False
+    opset: int | None = None
+
+
+Progress = Callable[[str], None]
+
+
+def _no_progress(message: str) -> None:
+    pass
+
+
+def export_model(
+    model: str,
+    outdir: str | Path,
+    options: ExportOptions | None = None,
+    progress: Progress = _no_progress,
+) -> dict[str, Any]:
+    """Export `model` (Hub id or directory) to `outdir`; returns the manifest written there."""
+    options = options or ExportOptions()
+    if options.quantize not in (None, *QUANTIZATIONS):
+        raise InputError(f"--quantize: expected int8 or int4, got {options.quantize!r}")
+    if options.block_size < 16 or options.block_size & (options.block_size - 1):
+        raise InputError(f"--block-size: expected a power of two >= 16, got {options.block_size}")
+    outdir = Path(outdir).expanduser()
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: exists and is not a directory")
+    if outdir.exists() and not options.force:
+        raise InputError(f"{outdir}: already exists (pass --force to replace it)")
+    _require_export_packages()
+
+    source_dir = _resolve_source(model)
+    config = read_config(source_dir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".tmp", dir=outdir.parent))
+    try:
+        raw = staging / "optimum"
+        final = staging / "final"
+        progress(f"exporting {model} with optimum ({TASK})")
+        _optimum_export(source_dir, raw, options.opset)
+        progress("adding hidden-state outputs and logits_to_keep")
+        add_gpt2cli_io(raw / ONNX_MODEL, config)
+        if options.quantize:
+            progress(f"quantizing to {options.quantize}")
+            final.mkdir()
+            _run_stage(
+                "quantization",
+                staging,
+                lambda: quantize(raw / ONNX_MODEL, final / ONNX_MODEL, options),
+            )
+            _copy_metadata(raw, final)
+            shutil.rmtree(raw)
+        else:
+            raw.rename(final)
+        _ensure_metadata(source_dir, final)
+        validation = None
+        if options.validate:
+            progress("validating against PyTorch")
+            validation = validate(source_dir, final, exact=options.quantize is None)
+        manifest = _manifest(model, source_dir, final, options, validation, started)
+        (final / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(final, outdir, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _require_export_packages() -> None:
+    for module in ("torch", "transformers", "optimum.exporters.onnx", "onnx", "accelerate"):
+        try:
+            __import__(module)
+        except ImportError:
+            extra = "torch" if module in ("torch", "transformers") else "export"
+            raise MissingExtraError("export-onnx", extra) from None
+
+
+def _resolve_source(model: str) -> Path:
+    """The source model's directory, with PyTorch weights (safetensors preferred)."""
+    directory = resolve_model_dir(model, METADATA_FILES + SAFETENSORS_FILES)
+    if not any(any(directory.glob(p)) for p in SAFETENSORS_FILES):
+        directory = resolve_model_dir(model, METADATA_FILES + PYTORCH_BIN_FILES)
+    if not any(any(directory.glob(p)) for p in SAFETENSORS_FILES + PYTORCH_BIN_FILES):
+        raise ModelError(f"{model}: no model.safetensors or pytorch_model.bin to export")
+    return directory
+
+
+@contextlib.contextmanager
+def _third_party_output(log_path: Path) -> Iterator[None]:
+    """Send the exporters' own prints, warnings and logs to `log_path` (to stderr with --debug),
+    and never to stdout, which carries only results."""
+    names = ("optimum", "transformers", "torch", "onnx", "onnxruntime")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if Settings.debug:
+                os.dup2(2, 1)
+            else:
+                for lg in loggers:
+                    lg.setLevel(logging.ERROR)
+                os.dup2(sink.fileno(), 1)
+                os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _run_stage(what: str, log_dir: Path, step: Callable[[], None]) -> None:
+    """Run a third-party step quietly; its failure becomes one ModelError line."""
+    try:
+        with _third_party_output(log_dir / "exporter.log"):
+            step()
+    except (KeyboardInterrupt, SystemExit, ModelError):
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{what} failed: {detail} (rerun with --debug for details)") from None
+
+
+def _optimum_export(source_dir: Path, target: Path, opset: int | None) -> None:
+    from optimum.exporters.onnx import main_export
+
+    _run_stage(
+        "ONNX export",
+        target.parent,
+        lambda: main_export(
+            str(source_dir),
+            output=target,
+            task=TASK,
+            opset=opset,
+            do_validation=False,
+            local_files_only=True,
+            trust_remote_code=False,
+            library_name="transformers",
+        ),
+    )
+    if not (target / ONNX_MODEL).is_file():
+        raise ModelError(f"ONNX export failed: optimum wrote no {ONNX_MODEL}")
+
+
+def _load_graph(path: Path, with_weights: bool = False) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=with_weights)
+
+
+def add_gpt2cli_io(path: Path, config: dict[str, Any]) -> None:
+    """Add `hidden_states.{i}` outputs and the overridable `logits_to_keep` input, in place.
+
+    hidden_states[i] (i < n_layer) is the input of block i's first LayerNormalization, and
+    hidden_states[n_layer] the input of the vocabulary projection (ln_f's output), matching
+    transformers' hidden_states tuple. The weights (and external data) are left untouched.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = _load_graph(path)
+    graph = model.graph
+    n_layer = config.get("n_layer", config.get("num_hidden_layers"))
+    n_embd = config.get("n_embd", config.get("hidden_size"))
+    norms = [node for node in graph.node if node.op_type == "LayerNormalization"]
+    heads = [node for node in graph.node if "logits" in node.output]
+    if len(norms) != 2 * n_layer + 1 or len(heads) != 1 or heads[0].op_type != "MatMul":
+        raise ModelError(
+            "ONNX export has an unexpected structure (layer norms or vocabulary projection "
+            "not found); cannot add hidden-state outputs"
+        )
+    head = heads[0]
+    hidden_inputs = [norms[2 * i].input[0] for i in range(n_layer)] + [head.input[0]]
+    for index, tensor in enumerate(hidden_inputs):
+        name = f"hidden_states.{index}"
+        graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"gpt2cli/{name}"))
+        graph.output.append(
+            helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, ["batch_size", "sequence_length", n_embd]
+            )
+        )
+
+    # logits = MatMul(Slice(hidden, -logits_to_keep, end, axis 1), W): 0 keeps every position.
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), KEEP_INPUT),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max]), "gpt2cli/keep_end"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "gpt2cli/keep_axis"),
+        ]
+    )
+    graph.input.append(helper.make_tensor_value_info(KEEP_INPUT, TensorProto.INT64, [1]))
+    negated = helper.make_node("Neg", [KEEP_INPUT], ["gpt2cli/keep_start"], name="gpt2cli/Neg")
+    kept = helper.make_node(
+        "Slice",
+        [head.input[0], "gpt2cli/keep_start", "gpt2cli/keep_end", "gpt2cli/keep_axis"],
+        ["gpt2cli/kept_hidden"],
+        name="gpt2cli/Slice",
+    )
+    position = list(graph.node).index(head)
+    graph.node.insert(position, kept)
+    graph.node.insert(position, negated)
+    head.input[0] = "gpt2cli/kept_hidden"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _prepare_for_quantization(model: Any) -> None:
+    """Rewrite weights into the form ONNX Runtime's quantizers take, in place.
+
+    Both quantizers handle MatMul with a constant weight only: GPT-2's Conv1D layers export as
+    Gemm, and the tied vocabulary projection multiplies by Transpose(wte). Gemm becomes
+    MatMul + Add, and the projection gets its own transposed weight (stored quantized, while
+    the fp32 embedding table stays for the token lookup).
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    rewritten = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type == "Gemm"
+            and node.input[1] in initializers
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and not attrs.get("transA", 0)
+        ):
+            weight = node.input[1]
+            if attrs.get("transB", 0):
+                array = np.ascontiguousarray(numpy_helper.to_array(initializers[weight]).T)
+                weight = f"{weight}_transposed"
+                graph.initializer.append(numpy_helper.from_array(array, weight))
+            product = f"{node.name}/MatMul_output" if len(node.input) > 2 else node.output[0]
+            rewritten.append(
+                helper.make_node(
+                    "MatMul", [node.input[0], weight], [product], name=f"{node.name}/MatMul"
+                )
+            )
+            if len(node.input) > 2 and node.input[2]:
+                rewritten.append(
+                    helper.make_node(
+                        "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}/Add"
+                    )
+                )
+            continue
+        if node.op_type == "MatMul" and "logits" in node.output:
+            transpose = producers.get(node.input[1])
+            if transpose is not None and transpose.op_type == "Transpose":
+                table = initializers.get(transpose.input[0])
+                if table is not None:
+                    array = np.ascontiguousarray(numpy_helper.to_array(table).T)
+                    name = "lm_head.weight_transposed"
+                    graph.initializer.append(numpy_helper.from_array(array, name))
+                    node.input[1] = name
+        rewritten.append(node)
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    used = {name for node in graph.node for name in node.input}
+    for node in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] not in used]:
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _is_large(model: Any) -> bool:
+    return model.ByteSize() > 1_800_000_000 or any(
+        init.data_location == 1 for init in model.graph.initializer
+    )
+
+
+def quantize(source: Path, target: Path, options: ExportOptions) -> None:
+    """int8 dynamic or int4 weight-only quantization of every MatMul weight."""
+    model = _load_graph(source, with_weights=True)
+    large = _is_large(model)
+    _prepare_for_quantization(model)
+    if options.quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            model,
+            str(target),
+            op_types_to_quantize=["MatMul"],
+            per_channel=options.per_channel,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=large,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        return
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=4, block_size=options.block_size, is_symmetric=False, accuracy_level=4
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
+
+
+def _copy_metadata(source: Path, target: Path) -> None:
+    for path in source.iterdir():
+        if path.is_file() and not path.name.startswith(ONNX_MODEL) and path.suffix != ".log":
+            shutil.copy2(path, target / path.name)
+
+
+def _ensure_metadata(source_dir: Path, final: Path) -> None:
+    """config.json, generation_config.json and the tokenizer files beside the model."""
+    for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
+        if not (final / name).exists() and (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, final / name)
+    if not (final / "tokenizer.json").exists() and not (final / "vocab.json").exists():
+        from gpt2cli.outputs import warn
+
+        warn(f"{source_dir}: no tokenizer files to copy; gpt2cli will use its built-in GPT-2 one")
+
+
+def validate(source_dir: Path, onnx_dir: Path, exact: bool = True) -> dict[str, Any]:
+    """Max |logit| difference between PyTorch and the export over a padded prompt batch and
+    VALIDATION_STEPS cached decode steps (same tokens fed to both), plus hidden states."""
+    from gpt2cli.backends.base import position_ids_from_mask
+    from gpt2cli.loader import load_backend
+
+    reference = load_backend(str(source_dir), backend="torch")
+    candidate = load_backend(str(onnx_dir), backend="onnx")
+    encoded = [reference.tokenizer.encode(text) for text in VALIDATION_TEXTS]
+    width = max(map(len, encoded))
+    ids = np.full((len(encoded), width), reference.info.eos_token_id or 0, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :], mask[row, width - len(tokens) :] = tokens, 1
+    positions = position_ids_from_mask(mask, width)
+    layer = reference.info.n_layer
+    ref = reference.forward(ids, mask, positions, logits="all", hidden_layer=layer)
+    got = candidate.forward(ids, mask, positions, logits="all", hidden_layer=layer)
+    valid = mask.astype(bool)
+    logit_diff = float(np.abs(ref.logits - got.logits)[valid].max())
+    hidden_diff = float(np.abs(ref.hidden - got.hidden)[valid].max())
+    agree = [np.argmax(ref.logits, -1)[valid] == np.argmax(got.logits, -1)[valid]]
+    ref_cache, got_cache = ref.cache, got.cache
+    next_ids = np.argmax(ref.logits[:, -1], axis=-1)[:, None]
+    steps = min(VALIDATION_STEPS, reference.info.n_positions - width)
+    for _ in range(steps):
+        mask = np.concatenate([mask, np.ones_like(next_ids)], axis=1)
+        step_positions = position_ids_from_mask(mask, 1)
+        ref = reference.forward(next_ids, mask, step_positions, ref_cache)
+        got = candidate.forward(next_ids, mask, step_positions, got_cache)
+        ref_cache, got_cache = ref.cache, got.cache
+        logit_diff = max(logit_diff, float(np.abs(ref.logits - got.logits).max()))
+        agree.append(np.argmax(ref.logits, -1) == np.argmax(got.logits, -1))
+        next_ids = np.argmax(ref.logits, axis=-1)[:, None]
+    result = {
+        "max_abs_logit_diff": logit_diff,
+        "max_abs_hidden_diff": hidden_diff,
+        "top1_agreement": float(np.concatenate(agree).mean()),
+        "prompt_tokens": int(valid.sum()),
+        "decode_steps": steps,
+    }
+    if exact and max(logit_diff, hidden_diff) > FP32_TOLERANCE:
+        raise ModelError(
+            f"validation failed: the export's logits differ from PyTorch's by {logit_diff:.3g} "
+            f"(hidden states by {hidden_diff:.3g}; tolerance {FP32_TOLERANCE:g})"
+        )
+    return result
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _revision(source_dir: Path) -> str | None:
+    """The commit of a Hub cache snapshot (…/snapshots/<sha>), or None for a local directory."""
+    if source_dir.parent.name == "snapshots" and len(source_dir.name) == 40:
+        return source_dir.name
+    return None
+
+
+def _manifest(
+    model: str,
+    source_dir: Path,
+    final: Path,
+    options: ExportOptions,
+    validation: dict[str, Any] | None,
+    started: float,
+) -> dict[str, Any]:
+    graph = _load_graph(final / ONNX_MODEL)
+    opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+    quantization = None
+    if options.quantize == "int8":
+        quantization = {"method": "onnxruntime dynamic int8", "per_channel": options.per_channel}
+    elif options.quantize == "int4":
+        quantization = {
+            "method": "onnxruntime MatMulNBits int4 weight-only",
+            "block_size": options.block_size,
+        }
+    files = {p.name: p.stat().st_size for p in sorted(final.iterdir()) if p.is_file()}
+    return {
+        "format": "gpt2cli-onnx-export",
+        "format_version": 1,
+        "source": model,
+        "source_revision": _revision(source_dir),
+        "task": TASK,
+        "opset": opset,
+        "dtype": "float32",
+        "quantization": quantization,
+        "validation": validation,
+        "extras": {"hidden_states_outputs": True, "logits_to_keep_input": KEEP_INPUT},
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "export_seconds": round(time.monotonic() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": files,
+    }
+
+
+def _move_into_place(final: Path, outdir: Path, staging: Path) -> None:
+    """Rename the finished export to `outdir`, replacing an old one (only with --force)."""
+    if outdir.exists():
+        old = staging / "replaced"
+        outdir.rename(old)
+        try:
+            final.rename(outdir)
+        except BaseException:
+            old.rename(outdir)
+            raise
+    else:
+        final.rename(outdir)
