@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 
 from gpt2cli import __version__
-from gpt2cli.commands.export_onnx import export_onnx
+from gpt2cli.commands.embed import embed
 from gpt2cli.commands.generate import generate
+from gpt2cli.commands.score import score
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from gpt2cli.outputs import Settings, color_allowed
@@ -25,8 +26,9 @@ app = typer.Typer(
 )
 
 app.command("tokenize")(tokenize)
+app.command("embed")(embed)
+app.command("score")(score)
 app.command("generate")(generate)
-app.command("export-onnx")(export_onnx)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

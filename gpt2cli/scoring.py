@@ -1,0 +1,523 @@
+"""Likelihoods of texts under a model: strided-window perplexity and conditional scoring.
+
+What is scored. By default `<|endoftext|>` is put in front of every text, so every token of the
+text is predicted (the first one from `<|endoftext|>` alone), as lm-evaluation-harness's
+rolling loglikelihood does; bits per byte then cover every byte of the text. With
+`prefix_eos=False` the first token is context only and is not scored, as in the Hugging Face
+perplexity guide.
+
+Long texts use the guide's strided sliding window: windows of at most `ctx` tokens start every
+`stride` tokens; each window scores only the tokens the previous window did not reach, so every
+scored token sees at least `ctx - stride` tokens of context (all of them in the first window).
+
+Only numpy here: the engine runs on either backend through `Backend.forward`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpt2cli.backends.base import Backend
+from gpt2cli.errors import InputError
+
+LN2 = math.log(2.0)
+DEFAULT_BATCH_SIZE = 8
+# Bounds on one forward pass: padded input tokens, and logit rows (each is vocab_size floats).
+MAX_BATCH_TOKENS = 8192
+MAX_LOGIT_ROWS = 2048
+MAX_WASTED_ROWS = 0.2  # fraction of projected logit rows that score nothing (padding, context)
+# Logit rows reduced at a time, so temporaries stay small.
+ROW_BLOCK = 128
+RANK_BUCKETS = (10, 100, 1000)  # GLTR: top 10, top 100, top 1000, beyond
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forward pass over `sequence[begin:end - 1]` that scores tokens `first..end - 1`.
+
+    The token at `end - 1` is a target only: its own prediction would be thrown away, so it is
+    not fed to the model.
+    """
+
+    begin: int
+    end: int
+    first: int
+
+    @property
+    def n_scored(self) -> int:
+        return self.end - self.first
+
+
+def window_plan(n_tokens: int, ctx: int, stride: int) -> list[Window]:
+    """The Hugging Face perplexity guide's strided windows over a sequence of `n_tokens`.
+
+    Windows begin at 0, stride, 2*stride, ... and hold up to `ctx` tokens; each scores the tokens
+    past the previous window's end. Token 0 is never scored (nothing precedes it). When
+    stride == ctx, the first token of each window has no context there and is skipped, as the
+    guide's recipe does.
+    """
+    check_window(ctx, stride)
+    windows: list[Window] = []
+    scored_until = 1
+    for begin in range(0, max(n_tokens - 1, 0), stride):
+        end = min(begin + ctx, n_tokens)
+        first = max(scored_until, begin + 1)
+        if end > first:
+            windows.append(Window(begin, end, first))
+        scored_until = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+def check_window(ctx: int, stride: int, n_positions: int | None = None) -> None:
+    """InputError unless 2 <= ctx <= n_positions and 1 <= stride <= ctx."""
+    if ctx < 2:
+        raise InputError(f"--ctx must be at least 2, got {ctx}")
+    if n_positions is not None and ctx > n_positions:
+        raise InputError(f"--ctx {ctx} is longer than the model's context ({n_positions} tokens)")
+    if not 1 <= stride <= ctx:
+        raise InputError(f"--stride must be between 1 and --ctx ({ctx}), got {stride}")
+
+
+def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
+    """lm-evaluation-harness's bits per byte: -sum(log p) / bytes / ln 2."""
+    return nll_nats / n_bytes / LN2
+
+
+@dataclass
+class Stats:
+    """Counts and total negative log-likelihood of some scored tokens."""
+
+    tokens: int = 0
+    bytes: int = 0
+    chars: int = 0
+    nll: float = 0.0  # nats, summed over the scored tokens
+
+    def add(self, other: Stats) -> None:
+        self.tokens += other.tokens
+        self.bytes += other.bytes
+        self.chars += other.chars
+        self.nll += other.nll
+
+    @property
+    def perplexity(self) -> float | None:
+        return math.exp(self.nll / self.tokens) if self.tokens else None
+
+    @property
+    def bits_per_token(self) -> float | None:
+        return self.nll / self.tokens / LN2 if self.tokens else None
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return bits_per_byte(self.nll, self.bytes) if self.bytes else None
+
+    @property
+    def bits_per_char(self) -> float | None:
+        return self.nll / self.chars / LN2 if self.chars else None
+
+    def as_dict(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "chars": self.chars,
+            "nll": self.nll,
+            "perplexity": _finite(self.perplexity),
+            "bits_per_token": self.bits_per_token,
+            "bits_per_byte": self.bits_per_byte,
+            "bits_per_char": self.bits_per_char,
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+@dataclass
+class TokenScores:
+    """Per-token results for one text, for the tokens that were scored."""
+
+    positions: np.ndarray  # index of each scored token in the text's token list
+    ids: np.ndarray
+    logprobs: np.ndarray  # natural log
+    ranks: np.ndarray | None = None  # 1 = the model's top choice
+    entropies: np.ndarray | None = None  # nats
+    greedy: np.ndarray | None = None  # argmax == the true token
+
+
+@dataclass
+class Scored:
+    """One scored text: totals and, when asked for, per-token details."""
+
+    index: int
+    stats: Stats
+    ids: list[int]  # every token of the text (or continuation), scored or not
+    tokens: TokenScores
+    # conditional scoring only
+    context_tokens: int | None = None
+    context_truncated: bool = False
+
+    @property
+    def text_tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def logprob(self) -> float:
+        return float(self.tokens.logprobs.sum(dtype=np.float64))
+
+    @property
+    def is_greedy(self) -> bool | None:
+        return None if self.tokens.greedy is None else bool(self.tokens.greedy.all())
+
+
+@dataclass
+class _Job:
+    """A window of one item's token sequence, ready to batch."""
+
+    item: int
+    inputs: np.ndarray  # int64 token ids fed to the model
+    targets: np.ndarray  # int64 ids of the scored tokens: the last len(targets) predictions
+    target_positions: np.ndarray  # their indices in the item's text tokens
+
+
+@dataclass
+class _Item:
+    """A text (or a continuation) waiting for its windows' results."""
+
+    ids: list[int]
+    offset: int  # index in `sequence` of the text's first token
+    sequence: list[int] = field(repr=False)
+    windows: list[Window]
+    context_tokens: int | None = None
+    context_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    ctx: int
+    stride: int
+    prefix_eos: bool = True
+    details: bool = False  # ranks and entropies (per-token output, --show)
+    greedy: bool = False  # argmax check (conditional scoring)
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+def plan_text(ids: Sequence[int], options: ScoreOptions, eos: int | None) -> _Item:
+    """The windows that score a whole text."""
+    prefix = [eos] if options.prefix_eos and eos is not None else []
+    sequence = prefix + list(ids)
+    return _Item(
+        list(ids), len(prefix), sequence, window_plan(len(sequence), options.ctx, options.stride)
+    )
+
+
+def plan_continuation(context: Sequence[int], continuation: Sequence[int], ctx: int) -> _Item:
+    """lm-eval's loglikelihood window: the continuation after as much context as fits.
+
+    The model is fed at most `ctx` tokens; context tokens beyond that are dropped from the left.
+    """
+    if not continuation:
+        raise InputError("the continuation is empty")
+    if not context:
+        raise InputError("the context is empty and the model has no <|endoftext|> to stand for it")
+    if len(continuation) > ctx:
+        raise InputError(f"the continuation is {len(continuation)} tokens, more than --ctx ({ctx})")
+    sequence = list(context) + list(continuation)
+    begin = max(0, len(sequence) - 1 - ctx)
+    window = Window(begin, len(sequence), len(context))
+    return _Item(
+        list(continuation),
+        len(context),
+        sequence,
+        [window],
+        len(context),
+        context_truncated=begin > 0,
+    )
+
+
+def encode_pair(
+    tokenizer, context: str, continuation: str, eos: int | None
+) -> tuple[list[int], list[int]]:  # noqa: ANN001
+    """lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the
+    pair is encoded whole, and an empty context becomes `<|endoftext|>`."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    if not context:
+        return ([eos] if eos is not None else []), tokenizer.encode(continuation)
+    whole = tokenizer.encode(context + continuation)
+    n_context = len(tokenizer.encode(context))
+    return whole[:n_context], whole[n_context:]
+
+
+def _jobs(items: Sequence[_Item]) -> list[_Job]:
+    jobs = []
+    for number, item in enumerate(items):
+        sequence = np.asarray(item.sequence, dtype=np.int64)
+        for window in item.windows:
+            jobs.append(
+                _Job(
+                    number,
+                    sequence[window.begin : window.end - 1],
+                    sequence[window.first : window.end],
+                    np.arange(window.first, window.end, dtype=np.int64) - item.offset,
+                )
+            )
+    return jobs
+
+
+def _batches(jobs: list[_Job], batch_size: int) -> list[list[_Job]]:
+    """Windows grouped by length (little padding) under the per-pass bounds."""
+    order = sorted(jobs, key=lambda j: (len(j.inputs), len(j.targets)), reverse=True)
+    batches: list[list[_Job]] = []
+    current: list[_Job] = []
+    useful = 0  # logit rows of the current batch that score a token
+    rows = 0  # logit rows each window of the current batch needs
+    for job in order:
+        if current:
+            width = len(current[0].inputs)  # sorted: the first is the longest
+            new_rows = max(rows, _tail(job, width))
+            size = len(current) + 1
+            wasted = 1 - (useful + len(job.targets)) / (size * new_rows)
+            if (
+                size > batch_size
+                or size * width > MAX_BATCH_TOKENS
+                or size * new_rows > MAX_LOGIT_ROWS
+                or wasted > MAX_WASTED_ROWS
+            ):
+                batches.append(current)
+                current, useful, rows = [], 0, 0
+        if not current:
+            rows = len(job.targets)
+        current.append(job)
+        useful += len(job.targets)
+        rows = max(rows, _tail(job, len(current[0].inputs)))
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _tail(job: _Job, width: int) -> int:
+    """Logit rows needed from the end of a right-padded row of `width` to cover `job`'s targets."""
+    return width - len(job.inputs) + len(job.targets)
+
+
+def forward_tail_logits(
+    backend: Backend, input_ids: np.ndarray, mask: np.ndarray, keep: int
+) -> np.ndarray:
+    """Logits (B, keep, V) of the last `keep` positions.
+
+    A backend that sets `supports_logits_tail` projects only those positions onto the
+    vocabulary (logits=keep); otherwise all positions are computed and sliced.
+    """
+    positions = np.repeat(np.arange(input_ids.shape[1], dtype=np.int64)[None, :], len(input_ids), 0)
+    if getattr(backend, "supports_logits_tail", False):
+        logits = backend.forward(input_ids, mask, positions, logits=keep).logits  # type: ignore[arg-type]
+    else:
+        logits = backend.forward(input_ids, mask, positions, logits="all").logits
+    assert logits is not None
+    return logits[:, -keep:, :]
+
+
+@dataclass
+class _RowScores:
+    logprobs: np.ndarray
+    ranks: np.ndarray | None
+    entropies: np.ndarray | None
+    greedy: np.ndarray | None
+
+
+def score_rows(
+    logits: np.ndarray, targets: np.ndarray, details: bool = False, greedy: bool = False
+) -> _RowScores:
+    """Log-probabilities of `targets` under each row of `logits` (R, V), in float64 sums.
+
+    With `details`, also the rank of the target (1 + how many tokens score strictly higher) and
+    the entropy of the row's distribution; with `greedy`, whether the target is the argmax.
+    """
+    n = len(targets)
+    logprobs = np.empty(n, dtype=np.float64)
+    ranks = np.empty(n, dtype=np.int64) if details else None
+    entropies = np.empty(n, dtype=np.float64) if details else None
+    is_argmax = np.empty(n, dtype=bool) if greedy else None
+    for start in range(0, n, ROW_BLOCK):
+        rows = np.array(logits[start : start + ROW_BLOCK], dtype=np.float32)  # a private copy
+        block_targets = targets[start : start + ROW_BLOCK]
+        picked = np.arange(len(rows))
+        if is_argmax is not None:
+            is_argmax[start : start + len(rows)] = rows.argmax(axis=1) == block_targets
+        rows -= rows.max(axis=1, keepdims=True)
+        true_logit = rows[picked, block_targets]
+        if ranks is not None:
+            ranks[start : start + len(rows)] = (rows > true_logit[:, None]).sum(axis=1) + 1
+        if entropies is not None:
+            exp = np.exp(rows)
+            total = exp.sum(axis=1, dtype=np.float64)
+            weighted = np.einsum("ij,ij->i", exp, rows, dtype=np.float64)
+            entropies[start : start + len(rows)] = np.log(total) - weighted / total
+        else:
+            np.exp(rows, out=rows)
+            total = rows.sum(axis=1, dtype=np.float64)
+        logprobs[start : start + len(rows)] = true_logit.astype(np.float64) - np.log(total)
+    return _RowScores(logprobs, ranks, entropies, is_argmax)
+
+
+def run_items(
+    backend: Backend,
+    items: Sequence[_Item],
+    options: ScoreOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[TokenScores]:
+    """Score every window of `items` in batches; per-token results for each item, in order."""
+    jobs = _jobs(items)
+    parts: list[list[tuple[np.ndarray, _RowScores]]] = [[] for _ in items]
+    done_tokens = 0
+    total_tokens = sum(len(j.targets) for j in jobs)
+    for batch in _batches(jobs, options.batch_size):
+        width = len(batch[0].inputs)
+        keep = max(_tail(j, width) for j in batch)
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, job in enumerate(batch):
+            input_ids[row, : len(job.inputs)] = job.inputs
+            mask[row, : len(job.inputs)] = 1
+        logits = forward_tail_logits(backend, input_ids, mask, keep)
+        for row, job in enumerate(batch):
+            end = keep - (width - len(job.inputs))  # right padding sits after the real tokens
+            rows = logits[row, end - len(job.targets) : end]
+            parts[job.item].append(
+                (
+                    job.target_positions,
+                    score_rows(rows, job.targets, options.details, options.greedy),
+                )
+            )
+            done_tokens += len(job.targets)
+        if progress is not None:
+            progress(done_tokens, total_tokens)
+    return [_merge(item, item_parts) for item, item_parts in zip(items, parts, strict=True)]
+
+
+def _merge(item: _Item, parts: list[tuple[np.ndarray, _RowScores]]) -> TokenScores:
+    parts.sort(key=lambda part: int(part[0][0]) if len(part[0]) else 0)
+
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(scores, name) for _, scores in parts]
+        if not arrays or arrays[0] is None:
+            return None
+        return np.concatenate(arrays)
+
+    positions = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, dtype=np.int64)
+    ids = np.asarray(item.ids, dtype=np.int64)[positions] if len(positions) else positions
+    logprobs = cat("logprobs")
+    return TokenScores(
+        positions=positions,
+        ids=ids,
+        logprobs=logprobs if logprobs is not None else np.zeros(0),
+        ranks=cat("ranks"),
+        entropies=cat("entropies"),
+        greedy=cat("greedy"),
+    )
+
+
+def token_bytes_and_chars(tokenizer, ids: Sequence[int], scored: np.ndarray) -> tuple[int, int]:  # noqa: ANN001
+    """UTF-8 bytes of the scored tokens, and characters whose first byte they hold."""
+    n_bytes = n_chars = 0
+    is_scored = np.zeros(len(ids), dtype=bool)
+    is_scored[scored] = True
+    for token_id, counted in zip(ids, is_scored, strict=True):
+        if counted:
+            piece = tokenizer.token_bytes(token_id)
+            n_bytes += len(piece)
+            n_chars += sum(1 for byte in piece if byte & 0xC0 != 0x80)
+    return n_bytes, n_chars
+
+
+def _stats(tokenizer, ids: Sequence[int], tokens: TokenScores, text: str | None) -> Stats:  # noqa: ANN001
+    if text is not None and len(tokens.positions) == len(ids):
+        n_bytes, n_chars = len(text.encode("utf-8")), len(text)
+    else:
+        n_bytes, n_chars = token_bytes_and_chars(tokenizer, ids, tokens.positions)
+    nll = -float(tokens.logprobs.sum(dtype=np.float64))
+    return Stats(len(tokens.positions), n_bytes, n_chars, nll)
+
+
+def score_texts(
+    backend: Backend,
+    texts: Sequence[str],
+    options: ScoreOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Scored]:
+    """Score whole texts with the strided window; one result per text, in order."""
+    tokenizer = backend.tokenizer
+    check_window(options.ctx, options.stride, backend.info.n_positions)
+    eos = _eos(backend)
+    if options.prefix_eos and eos is None:
+        raise InputError(
+            "this model has no <|endoftext|> token to put before texts; use --no-prefix"
+        )
+    all_ids = tokenizer.encode_batch(list(texts))
+    items = [plan_text(ids, options, eos) for ids in all_ids]
+    token_scores = run_items(backend, items, options, progress)
+    return [
+        Scored(number, _stats(tokenizer, ids, scores, text), list(ids), scores)
+        for number, (text, ids, scores) in enumerate(zip(texts, all_ids, token_scores, strict=True))
+    ]
+
+
+def score_pairs(
+    backend: Backend,
+    pairs: Iterable[tuple[str, str]],
+    options: ScoreOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Scored]:
+    """lm-eval loglikelihood requests: log P(continuation | context) and the greedy check."""
+    check_window(options.ctx, options.stride, backend.info.n_positions)
+    tokenizer = backend.tokenizer
+    eos = _eos(backend)
+    encoded = [
+        encode_pair(tokenizer, context, continuation, eos) for context, continuation in pairs
+    ]
+    items = [
+        plan_continuation(context, continuation, options.ctx) for context, continuation in encoded
+    ]
+    token_scores = run_items(backend, items, options, progress)
+    results = []
+    for number, (item, scores) in enumerate(zip(items, token_scores, strict=True)):
+        stats = _stats(tokenizer, item.ids, scores, None)
+        results.append(
+            Scored(
+                number,
+                stats,
+                item.ids,
+                scores,
+                context_tokens=item.context_tokens,
+                context_truncated=item.context_truncated,
+            )
+        )
+    return results
+
+
+def _eos(backend: Backend) -> int | None:
+    eos = backend.info.eos_token_id
+    return eos if eos is not None else backend.tokenizer.eos_token_id
+
+
+def total(results: Iterable[Scored]) -> Stats:
+    """Aggregate statistics: sums of counts and NLL (so perplexity is per token overall)."""
+    stats = Stats()
+    for result in results:
+        stats.add(result.stats)
+    return stats
+
+
+def rank_bucket(rank: int) -> int:
+    """GLTR bucket of a rank: 0 top 10, 1 top 100, 2 top 1000, 3 beyond."""
+    for bucket, bound in enumerate(RANK_BUCKETS):
+        if rank <= bound:
+            return bucket
+    return len(RANK_BUCKETS)

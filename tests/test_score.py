@@ -1,0 +1,470 @@
+"""`score`: the strided window, bits per byte, and likelihoods with transformers as the oracle."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2cli.errors import InputError
+from gpt2cli.loader import load_backend
+from gpt2cli.scoring import (
+    LN2,
+    ScoreOptions,
+    Stats,
+    Window,
+    bits_per_byte,
+    check_window,
+    encode_pair,
+    rank_bucket,
+    score_pairs,
+    score_rows,
+    score_texts,
+    window_plan,
+)
+from tests.clirun import assert_one_line_error, run_cli
+from tests.models import MEMORISED_PARAGRAPH
+
+WIKITEXT = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wikitext-2-raw-test.txt"
+)
+EOT = 50256
+
+
+# ---------------------------------------------------------------------------------------------
+# The window plan, written against the Hugging Face guide's loop
+
+
+def guide_windows(seq_len: int, max_length: int, stride: int) -> list[tuple[int, int, set[int]]]:
+    """(begin, end, scored positions) of each pass of the HF perplexity guide's loop.
+
+    The guide masks all but the last trg_len labels of each window with -100; the model then
+    drops the first label by its internal shift, so position `begin` is never a target.
+    """
+    passes = []
+    prev_end = 0
+    for begin in range(0, seq_len, stride):
+        end = min(begin + max_length, seq_len)
+        trg_len = end - prev_end
+        labels = list(range(begin, end))[-trg_len:] if trg_len else []
+        passes.append((begin, end, {p for p in labels if p > begin}))
+        prev_end = end
+        if end == seq_len:
+            break
+    return passes
+
+
+@pytest.mark.parametrize(
+    ("n", "ctx", "stride"),
+    [(1, 4, 2), (2, 4, 2), (5, 4, 2), (10, 4, 1), (10, 4, 4), (10, 4, 3), (1024, 1024, 512),
+     (1025, 1024, 512), (3000, 1024, 512), (3001, 100, 37), (100, 7, 7), (64, 2, 1)],
+)  # fmt: skip
+def test_window_plan_matches_the_guide(n: int, ctx: int, stride: int) -> None:
+    plan = window_plan(n, ctx, stride)
+    expected = [(b, e, s) for b, e, s in guide_windows(n, ctx, stride) if s]
+    assert [(w.begin, w.end) for w in plan] == [(b, e) for b, e, _ in expected]
+    for window, (_, _, scored) in zip(plan, expected, strict=True):
+        assert set(range(window.first, window.end)) == scored
+        assert window.end - window.begin <= ctx
+    scored_all = [p for w in plan for p in range(w.first, w.end)]
+    assert len(scored_all) == len(set(scored_all))  # no token is scored twice
+    if stride < ctx:
+        assert scored_all == list(range(1, n))  # every token but the first, in order
+        for w in plan[1:]:
+            assert w.first - w.begin >= ctx - stride  # the guaranteed context
+
+
+def test_window_plan_examples() -> None:
+    assert window_plan(10, 4, 2) == [Window(0, 4, 1), Window(2, 6, 4), Window(4, 8, 6),
+                                     Window(6, 10, 8)]  # fmt: skip
+    # Disjoint windows: each window's first token has no context and is skipped, as in the guide.
+    assert window_plan(9, 4, 4) == [Window(0, 4, 1), Window(4, 8, 5)]
+    assert [w.n_scored for w in window_plan(1025, 1024, 512)] == [1023, 1]
+
+
+@pytest.mark.parametrize(("ctx", "stride"), [(1, 1), (0, 1), (8, 9), (8, 0)])
+def test_bad_windows_are_input_errors(ctx: int, stride: int) -> None:
+    with pytest.raises(InputError):
+        check_window(ctx, stride)
+
+
+def test_ctx_longer_than_the_model_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="longer than the model's context"):
+        check_window(2048, 512, n_positions=1024)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: lm-eval's bits per byte, perplexity, bits per token and per character
+
+
+def test_bits_per_byte_is_lm_evals_formula() -> None:
+    # lm-evaluation-harness: bits_per_byte = -sum(loglikelihoods) / sum(bytes) / ln 2
+    logliks = [-12.5, -3.25, -40.0]
+    n_bytes = [17, 3, 50]
+    expected = -sum(logliks) / sum(n_bytes) / math.log(2)
+    assert bits_per_byte(-sum(logliks), sum(n_bytes)) == pytest.approx(expected, rel=1e-15)
+
+
+def test_stats_definitions() -> None:
+    stats = Stats(tokens=4, bytes=10, chars=8, nll=6.0)
+    assert stats.perplexity == pytest.approx(math.exp(1.5))
+    assert stats.bits_per_token == pytest.approx(1.5 / LN2)
+    assert stats.bits_per_byte == pytest.approx(0.6 / LN2)
+    assert stats.bits_per_char == pytest.approx(0.75 / LN2)
+    total = Stats()
+    total.add(stats)
+    total.add(Stats(tokens=1, bytes=1, chars=1, nll=1.0))
+    assert (total.tokens, total.bytes, total.chars, total.nll) == (5, 11, 9, 7.0)
+    assert Stats().perplexity is None and Stats().as_dict()["bits_per_byte"] is None
+
+
+def test_score_rows_equals_log_softmax_rank_and_entropy() -> None:
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((300, 997)) * 4).astype(np.float32)
+    targets = rng.integers(0, 997, 300)
+    targets[:5] = logits[:5].argmax(axis=1)
+    scores = score_rows(logits, targets, details=True, greedy=True)
+    x = logits.astype(np.float64)
+    log_softmax = x - x.max(1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+    expected = log_softmax[np.arange(300), targets]
+    np.testing.assert_allclose(scores.logprobs, expected, rtol=1e-6, atol=1e-6)
+    true = logits[np.arange(300), targets]
+    np.testing.assert_array_equal(scores.ranks, (logits > true[:, None]).sum(1) + 1)
+    assert (scores.ranks[:5] == 1).all() and scores.greedy[:5].all()
+    np.testing.assert_array_equal(scores.greedy, logits.argmax(1) == targets)
+    entropy = -(np.exp(log_softmax) * log_softmax).sum(1)
+    np.testing.assert_allclose(scores.entropies, entropy, rtol=1e-5)
+
+
+def test_rank_buckets() -> None:
+    assert [rank_bucket(r) for r in (1, 10, 11, 100, 101, 1000, 1001, 50257)] == [
+        0, 0, 1, 1, 2, 2, 3, 3
+    ]  # fmt: skip
+
+
+class _CharTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+
+def test_encode_pair_moves_trailing_spaces_like_lm_eval() -> None:
+    tokenizer = _CharTokenizer()
+    assert encode_pair(tokenizer, "ab  ", "c", EOT) == ([97, 98], [32, 32, 99])
+    assert encode_pair(tokenizer, "", "xy", EOT) == ([EOT], [120, 121])
+    assert encode_pair(tokenizer, "   ", "x", EOT) == ([EOT], [32, 32, 32, 120])
+
+
+# ---------------------------------------------------------------------------------------------
+# Against transformers: the guide's strided recipe, written out
+
+
+def hf_strided_nll(model, ids: list[int], max_length: int, stride: int) -> tuple[float, int]:  # noqa: ANN001
+    """The HF perplexity guide's loop over `ids`: total NLL (nats) and tokens it scored.
+
+    Written as in the guide, except that each window's mean loss is weighted by the number of
+    labels that survive the model's shift (the guide's `num_valid_tokens - batch_size` is one
+    short for every window after the first, whose first label is not dropped).
+    """
+    import torch
+
+    encodings = torch.tensor([ids])
+    seq_len = encodings.size(1)
+    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + max_length, seq_len)
+        trg_len = end_loc - prev_end_loc
+        input_ids = encodings[:, begin_loc:end_loc]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            outputs = model(input_ids, labels=target_ids)
+        counted = int((target_ids[:, 1:] != -100).sum())
+        if counted:
+            nll_sum += outputs.loss.double().item() * counted
+            n_tokens += counted
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    return nll_sum, n_tokens
+
+
+def evaluation_text() -> str:
+    """The start of WikiText-2's test split when the shared file is here, else made-up prose."""
+    if WIKITEXT.is_file():
+        text = WIKITEXT.read_text(encoding="utf-8")[:12000]
+        return text[: text.rindex("\n") + 1]
+    rng = random.Random(0)
+    words = "the of and a in to was he is for it with as his on at by an that from".split()
+    words += "river station album season church battle song league village ship".split()
+    return " ".join(rng.choice(words) for _ in range(2500)) + "."
+
+
+@pytest.fixture(scope="module")
+def torch_backend(tiny_model_dir):  # noqa: ANN001, ANN201
+    return load_backend(str(tiny_model_dir), backend="torch")
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir):  # noqa: ANN001, ANN201
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.mark.parametrize(
+    ("ctx", "stride", "prefix"),
+    [(1024, 512, False), (1024, 512, True), (256, 100, False), (128, 128, False)],
+)
+def test_perplexity_equals_the_guides_recipe(torch_backend, hf_model, ctx, stride, prefix) -> None:  # noqa: ANN001
+    text = evaluation_text()
+    ids = torch_backend.tokenizer.encode(text)
+    assert len(ids) > 2000
+    options = ScoreOptions(ctx=ctx, stride=stride, prefix_eos=prefix)
+    (result,) = score_texts(torch_backend, [text], options)
+    nll, n_tokens = hf_strided_nll(hf_model, ([EOT] if prefix else []) + ids, ctx, stride)
+    assert result.stats.tokens == n_tokens
+    assert result.stats.nll == pytest.approx(nll, rel=1e-5)
+    assert result.stats.perplexity == pytest.approx(math.exp(nll / n_tokens), rel=1e-5)
+    if prefix:
+        assert n_tokens == len(ids)
+        assert result.stats.bytes == len(text.encode("utf-8"))
+        assert result.stats.chars == len(text)
+
+
+def test_every_text_in_a_batch_scores_as_if_alone(torch_backend) -> None:  # noqa: ANN001
+    texts = ["A short one.", "Another text, a little longer than the first one.", "x" * 300]
+    options = ScoreOptions(ctx=64, stride=16)
+    together = score_texts(torch_backend, texts, options)
+    for text, result in zip(texts, together, strict=True):
+        (alone,) = score_texts(torch_backend, [text], options)
+        assert result.stats.nll == pytest.approx(alone.stats.nll, rel=1e-5)
+        assert result.stats.tokens == alone.stats.tokens == len(result.ids)
+
+
+def test_per_token_scores_equal_transformers_log_softmax(torch_backend, hf_model) -> None:  # noqa: ANN001
+    import torch
+
+    text = "Hello, I'm a language model, and these are my per-token scores."
+    options = ScoreOptions(ctx=1024, stride=512, details=True)
+    (result,) = score_texts(torch_backend, [text], options)
+    ids = [EOT, *torch_backend.tokenizer.encode(text)]
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([ids])).logits[0, :-1].double()
+    log_probs = torch.log_softmax(logits, -1)
+    targets = torch.tensor(ids[1:])
+    expected = log_probs[torch.arange(len(targets)), targets].numpy()
+    np.testing.assert_allclose(result.tokens.logprobs, expected, rtol=1e-5, atol=1e-5)
+    expected_rank = (logits > logits[torch.arange(len(targets)), targets][:, None]).sum(1) + 1
+    np.testing.assert_array_equal(result.tokens.ranks, expected_rank.numpy())
+    entropy = -(log_probs.exp() * log_probs).sum(-1).numpy()
+    np.testing.assert_allclose(result.tokens.entropies, entropy, rtol=1e-4)
+    np.testing.assert_array_equal(result.tokens.ids, ids[1:])
+    np.testing.assert_array_equal(result.tokens.positions, np.arange(len(ids) - 1))
+
+
+def test_conditional_logprob_equals_transformers(torch_backend, hf_model) -> None:  # noqa: ANN001
+    import torch
+
+    context, continuation = "The capital of France is", " Paris, of course."
+    options = ScoreOptions(ctx=1024, stride=512, greedy=True)
+    (result,) = score_pairs(torch_backend, [(context, continuation)], options)
+    tokenizer = torch_backend.tokenizer
+    context_ids = tokenizer.encode(context)
+    whole = tokenizer.encode(context + continuation)
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([whole])).logits[0].double()
+    log_probs = torch.log_softmax(logits, -1)
+    n = len(context_ids)
+    expected = sum(float(log_probs[i - 1, whole[i]]) for i in range(n, len(whole)))
+    assert result.logprob == pytest.approx(expected, rel=1e-5)
+    greedy = all(int(logits[i - 1].argmax()) == whole[i] for i in range(n, len(whole)))
+    assert result.is_greedy is greedy
+    assert result.context_tokens == n and result.text_tokens == len(whole) - n
+
+
+def test_long_context_is_cut_on_the_left_and_said(torch_backend) -> None:  # noqa: ANN001
+    options = ScoreOptions(ctx=16, stride=8, greedy=True)
+    (result,) = score_pairs(torch_backend, [("word " * 40, "end")], options)
+    assert result.context_truncated
+    (short,) = score_pairs(torch_backend, [("word " * 3, "end")], options)
+    assert not short.context_truncated
+    with pytest.raises(InputError, match="continuation"):
+        score_pairs(torch_backend, [("a", " b" * 40)], options)
+
+
+# ---------------------------------------------------------------------------------------------
+# The memorised paragraph
+
+
+@pytest.fixture(scope="module")
+def memorised_backend(memorised_model_dir):  # noqa: ANN001, ANN201
+    return load_backend(str(memorised_model_dir), backend="torch")
+
+
+def shuffled_paragraph() -> str:
+    words = MEMORISED_PARAGRAPH.split(" ")
+    random.Random(0).shuffle(words)
+    return " ".join(words)
+
+
+def test_memorised_paragraph_scores_near_perplexity_one(memorised_backend) -> None:  # noqa: ANN001
+    # The model learnt the paragraph from position 0, without <|endoftext|> before it.
+    options = ScoreOptions(ctx=1024, stride=512, prefix_eos=False)
+    own, shuffled = score_texts(
+        memorised_backend, [MEMORISED_PARAGRAPH, shuffled_paragraph()], options
+    )
+    assert own.stats.perplexity < 1.1
+    assert shuffled.stats.perplexity > 20 * own.stats.perplexity
+    assert own.stats.bits_per_byte < 0.05 < shuffled.stats.bits_per_byte
+
+
+def test_memorised_continuation_is_greedy(memorised_backend) -> None:  # noqa: ANN001
+    cut = MEMORISED_PARAGRAPH.index(" He polished")
+    context, continuation = MEMORISED_PARAGRAPH[:cut], MEMORISED_PARAGRAPH[cut:]
+    options = ScoreOptions(ctx=1024, stride=512, greedy=True)
+    right, wrong = score_pairs(
+        memorised_backend,
+        [(context, continuation), (context, " He painted the boat red.")],
+        options,
+    )
+    assert right.is_greedy and not wrong.is_greedy
+    assert right.logprob > -1.0 > wrong.logprob
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def test_cli_json_states_how_it_was_computed(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
+    texts = tmp_path / "texts.txt"
+    texts.write_text("First line of text.\n\nSecond line, a bit longer.\n", encoding="utf-8")
+    result = run_cli("score", "-m", str(tiny_model_dir), "-f", str(texts), "--lines", "--json",
+                     "--ctx", "8", "--stride", "3")  # fmt: skip
+    assert result.returncode == 0, result.err
+    report = json.loads(result.out)
+    assert (report["ctx"], report["stride"], report["first_token"]) == (8, 3, "after <|endoftext|>")
+    assert [r["source"] for r in report["results"]] == [f"{texts}:1", f"{texts}:3"]
+    first, second = report["results"]
+    assert first["bytes"] == len(b"First line of text.")
+    total = report["total"]
+    assert total["tokens"] == first["tokens"] + second["tokens"]
+    assert total["nll"] == pytest.approx(first["nll"] + second["nll"])
+    assert total["perplexity"] == pytest.approx(math.exp(total["nll"] / total["tokens"]))
+    assert total["bits_per_byte"] == pytest.approx(total["nll"] / total["bytes"] / math.log(2))
+
+    plain = run_cli("score", "-m", str(tiny_model_dir), "One text to score.")
+    assert plain.returncode == 0, plain.err
+    fields = dict(line.split(None, 1) for line in plain.out.splitlines())
+    assert fields["ctx"] == "1024" and fields["stride"] == "512"
+    assert float(fields["perplexity"]) > 1
+
+
+def test_cli_per_token_tsv_and_jsonl(tiny_model_dir) -> None:  # noqa: ANN001
+    text = "Tab\there, and a newline\nthere."
+    tsv = run_cli("score", "-m", str(tiny_model_dir), "--per-token", text)
+    assert tsv.returncode == 0, tsv.err
+    rows = [line.split("\t") for line in tsv.out.splitlines()]
+    assert rows[0] == ["text", "position", "id", "piece", "logprob", "rank", "entropy"]
+    assert all(len(row) == 7 for row in rows)
+    assert len(rows) - 1 == len(load_tokenizer_ids(text))
+    assert "ctx 1024, stride 512" in tsv.err  # the summary goes to stderr
+
+    jsonl = run_cli("score", "-m", str(tiny_model_dir), "--per-token", "--jsonl", text)
+    records = [json.loads(line) for line in jsonl.out.splitlines()]
+    assert [r["id"] for r in records] == load_tokenizer_ids(text)
+    for record, row in zip(records, rows[1:], strict=True):
+        assert record["logprob"] == pytest.approx(float(row[4]), abs=1e-6)
+        assert record["rank"] == int(row[5]) >= 1
+        assert record["logprob"] <= 0 <= record["entropy"]
+
+
+def load_tokenizer_ids(text: str) -> list[int]:
+    from gpt2cli.tokenizer import GPT2Tokenizer
+
+    return GPT2Tokenizer().encode(text)
+
+
+def test_cli_pairs_and_context(memorised_model_dir, tmp_path) -> None:  # noqa: ANN001
+    cut = MEMORISED_PARAGRAPH.index(" He polished")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps(
+            {"context": MEMORISED_PARAGRAPH[:cut], "continuation": MEMORISED_PARAGRAPH[cut:]}
+        )
+        + "\n"
+        + json.dumps({"context": MEMORISED_PARAGRAPH[:cut], "continuation": " He sang."})
+        + "\n",
+        encoding="utf-8",
+    )
+    result = run_cli(
+        "score", "-m", str(memorised_model_dir), "--pairs", "-f", str(pairs), "--jsonl"
+    )
+    assert result.returncode == 0, result.err
+    right, wrong = (json.loads(line) for line in result.out.splitlines())
+    assert right["is_greedy"] is True and wrong["is_greedy"] is False
+    assert right["logprob"] > wrong["logprob"]
+    assert right["ctx"] == 1024 and "stride" not in right
+
+    single = run_cli("score", "-m", str(memorised_model_dir), "--context",
+                     MEMORISED_PARAGRAPH[:cut], MEMORISED_PARAGRAPH[cut:])  # fmt: skip
+    assert single.returncode == 0, single.err
+    fields = dict(line.split(None, 1) for line in single.out.splitlines())
+    assert fields["greedy"] == "yes"
+    assert float(fields["logprob"]) == pytest.approx(right["logprob"], abs=1e-4)
+
+
+def test_cli_show_marks_rank_buckets_without_colour(memorised_model_dir) -> None:  # noqa: ANN001
+    result = run_cli("score", "-m", str(memorised_model_dir), "--no-prefix", "--show",
+                     MEMORISED_PARAGRAPH)  # fmt: skip
+    assert result.returncode == 0, result.err
+    assert "\x1b[" not in result.out  # NO_COLOR is set by run_cli
+    text, _, legend = result.out.partition("\n\n")
+    assert text.startswith("The lighthouse{") or text.startswith("The lighthouse")
+    assert text.replace("{1}", "").replace("{2}", "").replace("{3}", "").replace("{4}", "") == (
+        MEMORISED_PARAGRAPH
+    )
+    assert "{1} top 10" in legend and "perplexity" in legend and "stride 512" in legend
+
+
+def test_show_colours_by_bucket(torch_backend) -> None:  # noqa: ANN001
+    import io
+
+    from gpt2cli.commands.score import _BUCKET_STYLES, _Header, _write_show
+
+    options = ScoreOptions(ctx=1024, stride=512, details=True)
+    results = score_texts(torch_backend, ["Colour me by rank, please."], options)
+    out = io.StringIO()
+    header = _Header(torch_backend, options, "float32", False)
+    _write_show(out, torch_backend.tokenizer, results, header, color=True)
+    drawn = out.getvalue()
+    ranks = results[0].tokens.ranks
+    for bucket in {rank_bucket(int(r)) for r in ranks}:
+        assert f"\x1b[{_BUCKET_STYLES[bucket]}m" in drawn
+    assert "top 1000" in drawn and "beyond" in drawn
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stride", "9", "--ctx", "8"], "--stride"),
+        (["--ctx", "4096"], "longer than the model's context"),
+        (["--json", "--jsonl"], "exclusive"),
+        (["--show", "--per-token"], "exclusive"),
+        (["--pairs", "--context", "x"], "exclusive"),
+    ],
+)
+def test_cli_usage_errors(tiny_model_dir, args, message) -> None:  # noqa: ANN001
+    result = run_cli("score", "-m", str(tiny_model_dir), *args, "some text")
+    assert message in assert_one_line_error(result, 2)
+
+
+def test_cli_bad_pairs_line(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"context": "a", "continuation": "b"}\nnot json\n', encoding="utf-8")
+    result = run_cli("score", "-m", str(tiny_model_dir), "--pairs", "-f", str(pairs))
+    assert f"{pairs}:2: not JSON" in assert_one_line_error(result, 2)
