@@ -11,6 +11,7 @@ import typer
 
 from gpt2cli import __version__
 from gpt2cli.commands.embed import embed
+from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.generate import generate
 from gpt2cli.commands.score import score
 from gpt2cli.commands.tokenize import tokenize
@@ -29,6 +30,7 @@ app.command("tokenize")(tokenize)
 app.command("embed")(embed)
 app.command("score")(score)
 app.command("generate")(generate)
+app.command("export-onnx")(export_onnx)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
