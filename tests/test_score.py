@@ -337,6 +337,39 @@ def test_memorised_continuation_is_greedy(memorised_backend) -> None:  # noqa: A
 
 
 # ---------------------------------------------------------------------------------------------
+# The onnx backend
+
+
+def test_onnx_scores_agree_with_torch(tiny_onnx_dir, torch_backend) -> None:  # noqa: ANN001
+    onnx_backend = load_backend(str(tiny_onnx_dir), backend="onnx")
+    texts = ["A first text to score on both backends.", evaluation_text()[:3000]]
+    options = ScoreOptions(ctx=256, stride=100, details=True)
+    for on_onnx, on_torch in zip(
+        score_texts(onnx_backend, texts, options),
+        score_texts(torch_backend, texts, options),
+        strict=True,
+    ):
+        assert on_onnx.stats.tokens == on_torch.stats.tokens
+        assert on_onnx.stats.perplexity == pytest.approx(on_torch.stats.perplexity, rel=1e-4)
+        np.testing.assert_allclose(on_onnx.tokens.logprobs, on_torch.tokens.logprobs, atol=1e-4)
+    pair = [("The capital of France is", " Paris.")]
+    (onnx_pair,) = score_pairs(onnx_backend, pair, ScoreOptions(ctx=1024, stride=512, greedy=True))
+    (torch_pair,) = score_pairs(
+        torch_backend, pair, ScoreOptions(ctx=1024, stride=512, greedy=True)
+    )
+    assert onnx_pair.logprob == pytest.approx(torch_pair.logprob, abs=1e-4)
+
+
+def test_memorised_paragraph_on_onnx(memorised_onnx_dir) -> None:  # noqa: ANN001
+    result = run_cli("score", "-m", str(memorised_onnx_dir), "--no-prefix", "--jsonl",
+                     MEMORISED_PARAGRAPH, shuffled_paragraph())  # fmt: skip
+    assert result.returncode == 0, result.err
+    own, shuffled = (json.loads(line) for line in result.out.splitlines())
+    assert own["backend"] == "onnx"
+    assert own["perplexity"] < 1.1 and shuffled["perplexity"] > 20
+
+
+# ---------------------------------------------------------------------------------------------
 # The command
 
 
