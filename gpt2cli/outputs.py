@@ -46,8 +46,11 @@ def warn(message: str) -> None:
 
 
 def show_progress() -> bool:
-    """Progress displays only on an interactive stderr and without --quiet."""
-    return not Settings.quiet and sys.stderr is not None and sys.stderr.isatty()
+    """Progress displays only on an interactive stderr, without --quiet, and where escape codes
+    are allowed (progress lines redraw themselves with them)."""
+    if Settings.quiet or not color_allowed():
+        return False
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def to_json(obj: Any, indent: int | None = None) -> str:

@@ -7,6 +7,7 @@ import array
 import fcntl
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,36 @@ def test_interrupted_tokenize_of_a_big_file_stops_quietly(signum: int, big_text:
     assert b"Traceback" not in stderr and stderr.count(b"\n") <= 1
 
 
+@pytest.mark.parametrize(
+    ("signum", "existing"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["SIGINT", "SIGINT with --force over an old file", "SIGTERM"],
+)
+def test_interrupted_generate_leaves_no_partial_output(
+    signum: int, existing: bool, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    if existing:
+        out.write_text("the previous results\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nHello world\n")
+    args = ["generate", "-m", str(tiny_model_dir), "--greedy", "--max-new-tokens", "900"]
+    args += ["--lines", "-f", str(prompts), "--format", "jsonl", "-o", str(out), "--force"]
+    proc = subprocess.Popen(
+        [GPT2CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=tmp_path
+    )
+    # The temporary file beside the target exists once the model is loaded and writing began.
+    _wait_until(lambda: any(tmp_path.glob(".out.jsonl.*.tmp")), proc, timeout=120)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    assert stderr == b"" and stdout == b""
+    remaining = sorted(p.name for p in tmp_path.iterdir())
+    assert remaining == sorted(["prompts.txt"] + ["out.jsonl"] * existing)
+    if existing:
+        assert out.read_text() == "the previous results\n"
+
+
 # ------------------------------------------------------------------------- terminals, colour
 
 
@@ -206,3 +237,23 @@ def test_quiet_keeps_errors(where: str) -> None:
     result = subprocess.run([GPT2CLI, *args], capture_output=True, env=_env())
     assert result.returncode == 2
     assert result.stderr == b"gpt2cli: error: /nonexistent: no such file\n"
+
+
+@pytest.fixture(scope="module")
+def model_without_tokenizer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model minus its tokenizer files: loading it warns that the built-in one is used."""
+    directory = tmp_path_factory.mktemp("no-tokenizer") / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        (directory / name).unlink(missing_ok=True)
+    return directory
+
+
+def test_quiet_silences_warnings_but_not_results(model_without_tokenizer: Path) -> None:
+    args = ["generate", "-m", str(model_without_tokenizer), "--greedy", "--max-new-tokens", "3"]
+    chatty = subprocess.run([GPT2CLI, *args, "Hello"], capture_output=True, env=_env())
+    quiet = subprocess.run([GPT2CLI, *args, "--quiet", "Hello"], capture_output=True, env=_env())
+    assert chatty.returncode == quiet.returncode == 0
+    assert b"warning: " in chatty.stderr  # the control case: there is something to silence
+    assert quiet.stderr == b""
+    assert quiet.stdout == chatty.stdout and quiet.stdout.startswith(b"Hello")
