@@ -275,8 +275,8 @@ def add_gpt2cli_io(path: Path, config: dict[str, Any]) -> None:
     graph.node.insert(position, kept)
     graph.node.insert(position, negated)
     head.input[0] = "gpt2cli/kept_hidden"
-    onnx.checker.check_model(model)
     onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))  # by path: external data is checked where it lies
 
 
 def _prepare_for_quantization(model: Any) -> None:

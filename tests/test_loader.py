@@ -219,3 +219,52 @@ except ModelError as exc:
 def test_local_directory_choice(tiny_model_dir: Path) -> None:
     assert resolve_model(str(tiny_model_dir)) == (tiny_model_dir, "torch")
     assert resolve_model(str(tiny_model_dir), "onnx") == (tiny_model_dir, "onnx")
+
+
+def test_truncated_onnx_is_one_line_model_error(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    model = copy_model(tiny_onnx_dir, tmp_path / "m")
+    graph = model / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
+    with pytest.raises(ModelError, match="cannot load the ONNX model") as caught:
+        load_backend(str(model))
+    assert "\n" not in caught.value.message
+
+
+def test_onnx_dir_missing_config_is_a_model_error(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    model = copy_model(tiny_onnx_dir, tmp_path / "m", skip=("config.json",))
+    with pytest.raises(ModelError, match="no config.json"):
+        load_backend(str(model))
+
+
+def test_torch_on_an_onnx_export_says_so(tiny_onnx_dir: Path) -> None:
+    with pytest.raises(ModelError, match="use --backend onnx"):
+        load_backend(str(tiny_onnx_dir), backend="torch")
+
+
+def test_onnx_on_a_pytorch_model_says_how_to_export(tiny_model_dir: Path) -> None:
+    with pytest.raises(ModelError, match="export-onnx"):
+        load_backend(str(tiny_model_dir), backend="onnx")
+
+
+def test_onnx_export_not_matching_config_is_a_model_error(
+    tiny_onnx_dir: Path, tmp_path: Path
+) -> None:
+    model = copy_model(tiny_onnx_dir, tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    config["n_layer"] = 3
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="past_key_values.2.key"):
+        load_backend(str(model))
+
+
+def test_hub_id_of_an_export_picks_onnx(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    make_hub_cache(tmp_path / "hf", "someone/tiny-gpt2-onnx", tiny_onnx_dir)
+    result = run_python(
+        """
+from gpt2cli.loader import load_backend
+print(load_backend("someone/tiny-gpt2-onnx").name)
+""",
+        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "onnx"

@@ -1,0 +1,234 @@
+"""export-onnx: the real console script and the export engine, on the tiny test models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2cli.backends.base import position_ids_from_mask
+from gpt2cli.exporting import ExportOptions, export_model
+from gpt2cli.loader import MANIFEST_NAME, load_backend
+from tests.clirun import assert_one_line_error, run_cli
+from tests.models import MEMORISED_PARAGRAPH, MEMORISED_PROMPT_TOKENS, greedy_continue
+
+ROOT = Path(__file__).resolve().parent.parent
+METADATA = ["config.json", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt"]
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Temporary export directories left beside OUTDIR."""
+    return [p.name for p in parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def graph(directory: Path):  # noqa: ANN201
+    import onnx
+
+    return onnx.load(str(directory / "model.onnx"), load_external_data=False)
+
+
+def memorised_greedy(directory: Path) -> str:
+    backend = load_backend(str(directory))
+    ids = backend.tokenizer.encode(MEMORISED_PARAGRAPH)
+    produced = greedy_continue(backend, ids[:MEMORISED_PROMPT_TOKENS], len(ids))
+    return backend.tokenizer.decode(ids[:MEMORISED_PROMPT_TOKENS] + produced)
+
+
+def test_cli_export_validates_and_writes_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exports" / "tiny-onnx"
+    result = run_cli("export-onnx", str(tiny_model_dir), str(out))
+    assert result.returncode == 0, result.err
+    assert result.out.startswith("max abs logit diff vs PyTorch: ")
+    assert float(result.out.split(":")[1]) < 1e-4
+    assert "Traceback" not in result.err
+    for name in ["model.onnx", MANIFEST_NAME, *METADATA]:
+        assert (out / name).is_file(), name
+    assert leftovers(out.parent) == []
+
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["source"] == str(tiny_model_dir)
+    assert manifest["task"] == "text-generation-with-past"
+    assert manifest["opset"] >= 14
+    assert manifest["quantization"] is None
+    validation = manifest["validation"]
+    assert validation["max_abs_logit_diff"] < 1e-4 and validation["top1_agreement"] == 1.0
+    assert validation["decode_steps"] == 20
+    assert manifest["libraries"]["onnxruntime"] and manifest["libraries"]["optimum"]
+    assert manifest["files"]["model.onnx"] == (out / "model.onnx").stat().st_size
+
+    # An existing OUTDIR is refused unless --force, and left as it was.
+    before = (out / "model.onnx").read_bytes()
+    refused = run_cli("export-onnx", str(tiny_model_dir), str(out), "--no-validate")
+    assert "already exists" in assert_one_line_error(refused, 2)
+    assert (out / "model.onnx").read_bytes() == before
+
+    replaced = run_cli(
+        "export-onnx", str(tiny_model_dir), str(out), "--force", "--no-validate",
+        "--quantize", "int8", "--json",
+    )
+    assert replaced.returncode == 0, replaced.err
+    manifest = json.loads(replaced.out)
+    assert manifest["validation"] is None
+    assert manifest["quantization"]["method"] == "onnxruntime dynamic int8"
+    assert json.loads((out / MANIFEST_NAME).read_text())["quantization"] is not None
+    assert leftovers(out.parent) == []
+
+
+def test_failed_export_leaves_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "out"
+    result = run_cli("export-onnx", str(broken), str(out))
+    assert "export failed" in assert_one_line_error(result, 1)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_outdir_that_is_a_file_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    result = run_cli("export-onnx", str(tiny_model_dir), str(target), "--force")
+    assert "not a directory" in assert_one_line_error(result, 2)
+    assert target.read_text() == "keep me"
+
+
+def test_ctrl_c_leaves_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", "export-onnx", str(tiny_model_dir), str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_tied_embedding_is_stored_once(tiny_onnx_dir: Path) -> None:
+    model = graph(tiny_onnx_dir)
+    vocab_sized = [i.name for i in model.graph.initializer if 50257 in i.dims]
+    assert vocab_sized == ["transformer.wte.weight"]
+    parameters = 50257 * 64 + 1024 * 64 + 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64
+    assert (tiny_onnx_dir / "model.onnx").stat().st_size < 1.1 * 4 * parameters
+
+
+def test_export_adds_hidden_states_and_logits_to_keep(tiny_onnx_dir: Path) -> None:
+    model = graph(tiny_onnx_dir)
+    outputs = [o.name for o in model.graph.output]
+    assert outputs[:5] == [
+        "logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value",
+    ]
+    assert outputs[5:] == ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert "logits_to_keep" in {i.name for i in model.graph.initializer}
+
+
+def test_optimum_loads_the_export(tiny_model_dir: Path, tiny_onnx_dir: Path) -> None:
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import GPT2LMHeadModel
+
+    ort_model = ORTModelForCausalLM.from_pretrained(tiny_onnx_dir)
+    reference = GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[15496, 11, 314, 1101, 257, 3303, 2746, 11]])
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        got = ort_model(input_ids=ids, attention_mask=mask).logits
+        expected = reference(input_ids=ids, attention_mask=mask).logits
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() < 1e-4
+        kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 50256}
+        generated = ort_model.generate(ids, attention_mask=mask, **kwargs)
+        assert generated.tolist() == reference.generate(ids, attention_mask=mask, **kwargs).tolist()
+
+
+def test_int8_export_quantizes_every_weight_matrix(tiny_onnx_int8_dir: Path) -> None:
+    model = graph(tiny_onnx_int8_dir)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Gemm" not in ops
+    quantized = [op for op in ops if op in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantized) == 2 * 4 + 1  # four per block, plus the vocabulary projection
+    manifest = json.loads((tiny_onnx_int8_dir / MANIFEST_NAME).read_text())
+    assert manifest["quantization"] == {"method": "onnxruntime dynamic int8", "per_channel": False}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [ExportOptions(quantize="int8", per_channel=True), ExportOptions(quantize="int4")],
+    ids=["int8-per-channel", "int4"],
+)
+def test_quantized_exports_reproduce_the_memorised_paragraph(
+    memorised_model_dir: Path, tmp_path: Path, settings: ExportOptions
+) -> None:
+    out = tmp_path / "quantized"
+    manifest = export_model(str(memorised_model_dir), out, settings)
+    assert manifest["validation"]["top1_agreement"] > 0.9
+    assert memorised_greedy(out) == MEMORISED_PARAGRAPH + "<|endoftext|>"
+    if settings.quantize == "int4":
+        ops = [n.op_type for n in graph(out).graph.node]
+        assert ops.count("MatMulNBits") == 2 * 4 + 1
+
+
+def test_external_data_export_loads_back(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The >2 GB path (weights in model.onnx_data), forced on the tiny model."""
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    out = tmp_path / "external"
+    manifest = export_model(str(tiny_model_dir), out)
+    assert (out / "model.onnx_data").is_file()
+    assert (out / "model.onnx").stat().st_size < 1_000_000
+    assert manifest["validation"]["max_abs_logit_diff"] < 1e-4
+    backend = load_backend(str(out))
+    ids = np.array([[15496, 11, 314]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    result = backend.forward(ids, mask, position_ids_from_mask(mask, 3), hidden_layer=2)
+    assert result.logits.shape == (1, 50257) and result.hidden.shape == (1, 3, 64)
+
+
+def test_bad_options_are_input_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from gpt2cli.errors import InputError
+
+    with pytest.raises(InputError, match="--block-size"):
+        export_model(str(tiny_model_dir), tmp_path / "x", ExportOptions("int4", block_size=48))
+    with pytest.raises(InputError, match="--quantize"):
+        export_model(str(tiny_model_dir), tmp_path / "x", ExportOptions("int3"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_export_extra_is_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["optimum"] = None  # as if the 'export' extra were not installed
+        from gpt2cli.errors import MissingExtraError
+        from gpt2cli.exporting import export_model
+        try:
+            export_model({str(tiny_model_dir)!r}, {str(tmp_path / "out")!r})
+        except MissingExtraError as exc:
+            print(exc.message)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "pip install 'gpt2cli[export]'" in run.stdout
+    assert not (tmp_path / "out").exists()
