@@ -325,7 +325,128 @@ MODEL_CASES = [
     ),
 ]
 
-CASES = INPUT_CASES + MODEL_CASES
+TEXT = {"text.txt": b"The quick brown fox jumps over the lazy dog.\n"}
+SCORE = ("score", "-m", "{model}")
+EMBED = ("embed", "-m", "{model}")
+OTHER_COMMAND_CASES = [
+    Case(
+        "score: stride larger than the context",
+        (*SCORE, "--ctx", "16", "--stride", "32", "-f", "text.txt"),
+        2,
+        "--stride must be between 1 and --ctx (16), got 32",
+        files=TEXT,
+        model="tiny_model_dir",
+    ),
+    Case(
+        "score: window longer than the model's context",
+        (*SCORE, "--ctx", "2048", "-f", "text.txt"),
+        2,
+        "--ctx 2048 is longer than the model's context (1024 tokens)",
+        files=TEXT,
+        model="tiny_model_dir",
+    ),
+    Case(
+        "score: --pairs line that is not JSON",
+        (*SCORE, "--pairs", "-f", "pairs.jsonl"),
+        2,
+        "pairs.jsonl:2: not JSON",
+        files={"pairs.jsonl": b'{"context": "a", "continuation": " b"}\n{context: 1}\n'},
+        model="tiny_model_dir",
+    ),
+    Case(
+        "score: -o onto an existing file",
+        (*SCORE, "--json", "-o", "out.txt", "-f", "text.txt"),
+        2,
+        "out.txt: already exists (pass --force to overwrite)",
+        files={**TEXT, **OLD_OUTPUT},
+        model="tiny_model_dir",
+    ),
+    Case(
+        "embed: layer index too high",
+        (*EMBED, "--layer", "3", "Hello"),
+        2,
+        "layer 3 is out of range: this model has hidden states 0..2 (or -3..-1)",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "embed: negative layer index too low",
+        (*EMBED, "--layer", "-4", "Hello"),
+        2,
+        "layer -4 is out of range",
+        model="tiny_model_dir",
+    ),
+    Case(
+        "embed: -o onto an existing file",
+        (*EMBED, "--format", "npy", "-o", "out.txt", "Hello"),
+        2,
+        "out.txt: already exists (pass --force to overwrite)",
+        files=OLD_OUTPUT,
+        model="tiny_model_dir",
+    ),
+    Case(
+        "embed: unknown model id while offline",
+        ("embed", "-m", "gpt2", "Hello"),
+        1,
+        "gpt2: not in the local Hub cache and the Hugging Face Hub cannot be reached",
+    ),
+    Case(
+        "truncated model.onnx (generate)",
+        (*GENERATE, "Hello"),
+        1,
+        "model.onnx: cannot load the ONNX model",
+        model="tiny_onnx_dir",
+        prepare=_truncate("model.onnx"),
+    ),
+    Case(
+        "truncated model.onnx (score)",
+        (*SCORE, "-f", "text.txt"),
+        1,
+        "model.onnx: cannot load the ONNX model",
+        files=TEXT,
+        model="tiny_onnx_dir",
+        prepare=_truncate("model.onnx"),
+    ),
+    Case(
+        "ONNX directory without config.json",
+        (*EMBED, "--backend", "onnx", "Hello"),
+        1,
+        "no config.json; not a model directory, or incomplete",
+        model="tiny_onnx_dir",
+        prepare=_remove("config.json"),
+    ),
+    Case(
+        "export-onnx: existing OUTDIR without --force",
+        ("export-onnx", "{model}", "out"),
+        2,
+        "out: already exists (pass --force to replace it)",
+        files={"out/model.onnx": b"an earlier export"},
+        model="tiny_model_dir",
+    ),
+    Case(
+        "export-onnx: truncated model.safetensors, nothing written",
+        ("export-onnx", "{model}", "out"),
+        1,
+        "ONNX export failed",
+        model="tiny_model_dir",
+        prepare=_truncate("model.safetensors"),
+    ),
+    Case(
+        "export-onnx: source without config.json",
+        ("export-onnx", "{model}", "out"),
+        1,
+        "no config.json; not a model directory, or incomplete",
+        model="tiny_model_dir",
+        prepare=_remove("config.json"),
+    ),
+    Case(
+        "export-onnx: unknown model id while offline",
+        ("export-onnx", "distilgpt2", "out"),
+        1,
+        "distilgpt2: not in the local Hub cache",
+    ),
+]
+
+CASES = INPUT_CASES + MODEL_CASES + OTHER_COMMAND_CASES
 
 
 def _snapshot(directory: Path) -> dict[str, str]:
@@ -391,6 +512,7 @@ def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -
     work = tmp_path / "work"
     work.mkdir()
     for name, content in case.files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_bytes(content)
     if case.model:
         shutil.copytree(request.getfixturevalue(case.model), work / "model")
