@@ -310,18 +310,12 @@ def _tail(job: _Job, width: int) -> int:
 def forward_tail_logits(
     backend: Backend, input_ids: np.ndarray, mask: np.ndarray, keep: int
 ) -> np.ndarray:
-    """Logits (B, keep, V) of the last `keep` positions.
-
-    A backend that sets `supports_logits_tail` projects only those positions onto the
-    vocabulary (logits=keep); otherwise all positions are computed and sliced.
-    """
+    """Logits (B, keep, V) of the last `keep` positions; only those are projected onto the
+    vocabulary, the step that costs a third of a GPT-2 small forward pass."""
     positions = np.repeat(np.arange(input_ids.shape[1], dtype=np.int64)[None, :], len(input_ids), 0)
-    if getattr(backend, "supports_logits_tail", False):
-        logits = backend.forward(input_ids, mask, positions, logits=keep).logits  # type: ignore[arg-type]
-    else:
-        logits = backend.forward(input_ids, mask, positions, logits="all").logits
-    assert logits is not None
-    return logits[:, -keep:, :]
+    logits = backend.forward(input_ids, mask, positions, logits=keep).logits
+    assert logits is not None and logits.shape[1] == keep
+    return logits
 
 
 @dataclass

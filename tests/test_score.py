@@ -236,6 +236,22 @@ def test_perplexity_equals_the_guides_recipe(torch_backend, hf_model, ctx, strid
         assert result.stats.chars == len(text)
 
 
+@pytest.mark.parametrize("backend_name", ["torch", "onnx"])
+def test_backends_project_only_the_last_positions(
+    backend_name, tiny_model_dir, tiny_onnx_dir
+) -> None:  # noqa: ANN001
+    directory = tiny_model_dir if backend_name == "torch" else tiny_onnx_dir
+    backend = load_backend(str(directory), backend=backend_name)
+    ids = np.array([backend.tokenizer.encode("Only the tail of this window is projected.")] * 2)
+    mask = np.ones_like(ids)
+    mask[1, -3:] = 0  # right padding
+    positions = np.repeat(np.arange(ids.shape[1])[None], 2, axis=0)
+    every = backend.forward(ids, mask, positions, logits="all").logits
+    tail = backend.forward(ids, mask, positions, logits=5).logits
+    assert tail.shape == (2, 5, 50257)
+    np.testing.assert_allclose(tail, every[:, -5:], rtol=1e-5, atol=1e-5)
+
+
 def test_every_text_in_a_batch_scores_as_if_alone(torch_backend) -> None:  # noqa: ANN001
     texts = ["A short one.", "Another text, a little longer than the first one.", "x" * 300]
     options = ScoreOptions(ctx=64, stride=16)

@@ -10,7 +10,7 @@ import numpy as np
 
 from gpt2cli.tokenizer import Tokenizer
 
-LogitsWanted = Literal["all", "last", "none"]
+LogitsWanted = Literal["all", "last", "none"] | int  # int n: the last n positions
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ModelInfo:
 class ForwardResult:
     """One forward pass. Arrays are float32 numpy arrays."""
 
-    logits: np.ndarray | None  # (B, T, V) for "all", (B, V) for "last", None for "none"
+    logits: np.ndarray | None  # (B, T, V) "all", (B, n, V) n, (B, V) "last", None "none"
     hidden: np.ndarray | None  # (B, T, C): hidden_states[hidden_layer], when asked for
     cache: Any  # opaque KV cache: pass it back to the next forward() call
 
@@ -64,7 +64,8 @@ class Backend(Protocol):
         position_ids: int64 (B, T); the caller derives them from the mask (cumsum - 1, clamped).
         cache: None for the first call, else the previous result's cache.
         logits: "last" returns only the final position's logits (skips the vocabulary
-            projection elsewhere where the backend can); "none" skips it entirely.
+            projection elsewhere where the backend can); an int n returns the last n
+            positions' logits, (B, n, V), projecting only those (scoring); "none" skips it.
         hidden_layer: index into transformers' hidden_states tuple (0 = embeddings,
             n_layer or -1 = last_hidden_state after ln_f); None for no hidden states.
         """

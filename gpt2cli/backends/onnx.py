@@ -153,7 +153,8 @@ class OnnxBackend:
         if self.has_position_ids:
             feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
         if self.has_keep:
-            feeds[KEEP_INPUT] = np.array([0 if logits == "all" else 1], dtype=np.int64)
+            keep = logits if isinstance(logits, int) else 0 if logits == "all" else 1
+            feeds[KEEP_INPUT] = np.array([keep], dtype=np.int64)
         if cache is None:
             empty = np.zeros((batch, self.n_head, 0, self.head_dim), dtype=self.cache_dtype)
             past = [self.ort.OrtValue.ortvalue_from_numpy(empty)] * len(self.past_names)
@@ -173,6 +174,8 @@ class OnnxBackend:
             scores = values[0].numpy()
             if logits == "last":
                 scores = scores[:, -1]
+            elif isinstance(logits, int):
+                scores = scores[:, -logits:]  # without logits_to_keep, all came back
             scores = scores.astype(np.float32, copy=False)
         presents = values[1 : 1 + len(self.present_names)]
         hidden = values[-1].numpy().astype(np.float32, copy=False) if hidden_name else None

@@ -87,6 +87,8 @@ class TorchBackend:
                 scores = self.model.lm_head(hidden_states)
             elif logits == "last":
                 scores = self.model.lm_head(hidden_states[:, -1, :])
+            elif isinstance(logits, int):
+                scores = self.model.lm_head(hidden_states[:, -logits:, :])
             else:
                 scores = None
             hidden = out.hidden_states[layer] if layer is not None else None
