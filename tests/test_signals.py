@@ -227,6 +227,49 @@ def test_pipes_get_no_escape_codes(args: list[str]) -> None:
         assert result.stdout == b"Hello| world\n"
 
 
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text("The lighthouse keeper climbed the spiral stairs every evening at dusk.\n")
+    return path
+
+
+def test_model_commands_colour_and_show_progress_on_a_terminal(
+    tiny_model_dir: Path, text_file: Path
+) -> None:
+    # The control case for the test below: on a plain terminal there is colour and progress.
+    code, shown = run_on_pty(
+        ["score", "-m", str(tiny_model_dir), "--show", "-f", str(text_file)], _env()
+    )
+    assert code == 0 and b"\x1b[" in shown
+    code, shown = run_on_pty(["score", "-m", str(tiny_model_dir), "-f", str(text_file)], _env())
+    assert code == 0 and b"scored " in shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["score", "--show", "-f", "{text}"],
+        ["score", "-f", "{text}"],  # progress on stderr
+        ["generate", "--greedy", "--max-new-tokens", "8", "--stream", "Hello"],
+    ],
+    ids=["score --show", "score progress", "generate --stream"],
+)
+def test_model_commands_write_no_escape_codes_under_no_color(
+    args: list[str], tiny_model_dir: Path, text_file: Path
+) -> None:
+    args = [
+        args[0],
+        "-m",
+        str(tiny_model_dir),
+        *(a.replace("{text}", str(text_file)) for a in args[1:]),
+    ]
+    code, shown = run_on_pty(args, _env(NO_COLOR="1"))
+    assert code == 0, shown
+    assert b"\x1b" not in shown, shown
+    assert b"scored " not in shown  # no progress display without escape codes
+
+
 # ---------------------------------------------------------------------------------- --quiet
 
 
