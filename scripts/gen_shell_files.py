@@ -235,6 +235,18 @@ def check_example(line: str, commands: dict[str, Command], root: Command) -> boo
     return True
 
 
+def _wrap_command(line: str, width: int = 64) -> list[str]:
+    """A long command line as shell continuation lines, broken before options (an 80-column
+    page has 69 columns in an indented example)."""
+    rows = [""]
+    for word in re.split(r" (?=-)", line):
+        if rows[-1] and len(rows[-1]) + 1 + len(word) > width:
+            rows[-1] += " \\"
+            rows.append("    ")
+        rows[-1] += (" " if rows[-1].strip() else "") + word
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # roff
 
@@ -288,6 +300,7 @@ def man_page() -> str:
         f'.\\" {GENERATED}',
         f'.TH GPT2CLI 1 "" "gpt2cli {__version__}" "User Commands"',
         ".nh",  # no hyphenation: option names and ids stay whole
+        ".ad l",  # ragged right: long option names do not stretch the spaces between words
         ".SH NAME",
         f"gpt2cli \\- {roff(summary[0].lower() + summary[1:])}",
         ".SH SYNOPSIS",
@@ -337,7 +350,8 @@ def man_page() -> str:
     lines += [".SH EXAMPLES"]
     for what, example in EXAMPLES:
         if all([check_example(line, commands, root) for line in example]):
-            lines += [".PP", roff(what), ".RS 4", ".nf", *map(roff, example), ".fi", ".RE"]
+            shown = [part for line in example for part in _wrap_command(line)]
+            lines += [".PP", roff(what), ".RS 4", ".nf", *map(roff, shown), ".fi", ".RE"]
     return "\n".join(lines) + "\n"
 
 
