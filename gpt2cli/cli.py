@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from typing import Annotated
@@ -76,7 +77,13 @@ def _take_global_flags(args: list[str]) -> list[str]:
     return args
 
 
+# Line breaks and terminal controls: messages quote file names and JSON keys, which may hold them.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _error(message: str) -> None:
+    """The error as one line on stderr, with control characters shown escaped."""
+    message = _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], message)
     print(f"gpt2cli: error: {message}", file=sys.stderr)
 
 

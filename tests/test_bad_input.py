@@ -133,6 +133,12 @@ INPUT_CASES = [
         files={"secret.txt": b"top secret\n"},
         unreadable=("secret.txt",),
     ),
+    Case(
+        "file name with a line break and an escape code",
+        ("tokenize", "-f", "a\nb\x1b[31m.txt"),
+        2,
+        "a\\nb\\x1b[31m.txt: no such file",  # shown escaped: one line, no terminal control
+    ),
     Case("stdin twice", ("tokenize", "-f", "-", "-f", "-"), 2, "'-' (stdin) can be given only"),
     Case("unknown option", ("tokenize", "--frobnicate"), 2, "No such option: --frobnicate"),
     Case("threads 0", ("tokenize", "--threads", "0", "x"), 2, "Invalid value for '--threads'"),
@@ -216,6 +222,14 @@ MODEL_CASES = [
         2,
         "req.json: params.beam_width: unknown parameter",
         files=_request('{"input_data": ["Once"], "params": {"beam_width": 4}}'),
+        model="tiny_model_dir",
+    ),
+    Case(
+        "request: unknown parameter with control characters in its name",
+        (*GENERATE, "--request", "-"),
+        2,
+        "<stdin>: params.x\\ny\\x1b[2J: unknown parameter",
+        stdin=b'{"input_data": ["a"], "params": {"x\\ny\\u001b[2J": 1}}',
         model="tiny_model_dir",
     ),
     Case(
