@@ -21,9 +21,13 @@ class Quantization(str, Enum):
 
 
 def export_onnx(
-    model: Annotated[str, typer.Argument(help="Hub model id (gpt2, ...) or a local directory.")],
+    model: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="Hub model id (gpt2, ...) or a local directory."),
+    ],
     outdir: Annotated[
-        Path, typer.Argument(help="Directory to create (written atomically).", show_default=False)
+        Path,
+        typer.Argument(metavar="OUTDIR", help="Directory to create (written atomically)."),
     ],
     quantize: Annotated[
         Quantization | None,
