@@ -103,9 +103,10 @@ class GenerationParams:
     def validate(self, name: Callable[[str], str] = cli_name) -> None:
         """Raise InputError for values transformers would reject (or that make no sense)."""
 
-        def check(ok: bool, parameter: str, what: str) -> None:
+        def check(ok: bool, parameter: str, what: str, hint: str = "") -> None:
             if not ok:
-                raise InputError(f"{name(parameter)}: {what}, got {getattr(self, parameter)!r}")
+                got = getattr(self, parameter)
+                raise InputError(f"{name(parameter)}: {what}, got {got!r}{hint}")
 
         positive = "must be a strictly positive number"
         max_new, min_new = self.max_new_tokens, self.min_new_tokens
@@ -114,7 +115,10 @@ class GenerationParams:
         check(self.min_length >= 0, "min_length", "must be >= 0")
         check(min_new is None or min_new >= 0, "min_new_tokens", "must be >= 0")
         check(self.num_return_sequences >= 1, "num_return_sequences", "must be >= 1")
-        check(self.temperature > 0, "temperature", positive)
+        do_sample = name("do_sample")
+        greedy = "--greedy" if do_sample.startswith("--") else f"{do_sample} false"
+        greedy_hint = f" (for greedy decoding use {greedy})"
+        check(self.temperature > 0, "temperature", positive, greedy_hint)
         check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables top-k)")
         check(0.0 <= self.top_p <= 1.0, "top_p", "must be between 0 and 1")
         check(self.repetition_penalty > 0, "repetition_penalty", positive)
