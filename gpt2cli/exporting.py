@@ -348,7 +348,8 @@ def _is_large(model: Any) -> bool:
 
 
 def quantize(source: Path, target: Path, options: ExportOptions) -> None:
-    """int8 dynamic or int4 weight-only quantization of every MatMul weight."""
+    """int8 dynamic quantization of every weight matrix, or int4 weight-only quantization of
+    every weight matrix and embedding table."""
     model = _load_graph(source, with_weights=True)
     large = _is_large(model)
     _prepare_for_quantization(model)
@@ -367,8 +368,16 @@ def quantize(source: Path, target: Path, options: ExportOptions) -> None:
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    # The embedding tables (token and position lookups) are quantized too, as
+    # GatherBlockQuantized: without that the fp32 token table would be most of the file.
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=options.block_size, is_symmetric=False, accuracy_level=4
+        model,
+        bits=4,
+        block_size=options.block_size,
+        is_symmetric=False,
+        accuracy_level=4,
+        op_types_to_quantize=("MatMul", "Gather"),
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
@@ -471,6 +480,7 @@ def _manifest(
         quantization = {
             "method": "onnxruntime MatMulNBits int4 weight-only",
             "block_size": options.block_size,
+            "embeddings": "int4 (GatherBlockQuantized)",
         }
     files = {p.name: p.stat().st_size for p in sorted(final.iterdir()) if p.is_file()}
     return {

@@ -184,6 +184,7 @@ def test_quantized_exports_reproduce_the_memorised_paragraph(
     if settings.quantize == "int4":
         ops = [n.op_type for n in graph(out).graph.node]
         assert ops.count("MatMulNBits") == 2 * 4 + 1
+        assert ops.count("GatherBlockQuantized") == 2  # token and position embeddings
 
 
 def test_external_data_export_loads_back(
