@@ -110,6 +110,30 @@ def test_same_seed_samples_the_same(torch_backend) -> None:  # noqa: ANN001
     assert first[0] != first[1]  # two samples of one prompt differ
 
 
+# --- the onnx backend against the torch backend --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_backend(tiny_onnx_dir: Path):  # noqa: ANN201
+    return load_backend(str(tiny_onnx_dir), backend="onnx")
+
+
+def test_onnx_greedy_equals_torch_greedy(torch_backend, onnx_backend) -> None:  # noqa: ANN001
+    for batch in (1, 4):
+        expected = ours(torch_backend, PROMPTS, batch, do_sample=False, max_new_tokens=30)
+        assert ours(onnx_backend, PROMPTS, batch, do_sample=False, max_new_tokens=30) == expected
+    kwargs = {"repetition_penalty": 1.4, "no_repeat_ngram_size": 2, "max_new_tokens": 20}
+    expected = ours(torch_backend, PROMPTS, 4, do_sample=False, **kwargs)
+    assert ours(onnx_backend, PROMPTS, 4, do_sample=False, **kwargs) == expected
+
+
+def test_onnx_samples_like_torch_with_the_same_seed(torch_backend, onnx_backend) -> None:  # noqa: ANN001
+    values = {"do_sample": True, "max_new_tokens": 20, "seed": 99, "top_k": 0, "top_p": 0.9}
+    expected = ours(torch_backend, PROMPTS, 4, **values)
+    assert ours(onnx_backend, PROMPTS, 4, **values) == expected
+    assert ours(onnx_backend, PROMPTS, 4, **values) == expected
+
+
 # --- the memorised paragraph through the CLI ---------------------------------------------------
 
 
@@ -121,16 +145,21 @@ def memorised_prompt() -> tuple[str, str]:
     return prompt, MEMORISED_PARAGRAPH[len(prompt) :]
 
 
-def test_cli_reproduces_the_memorised_paragraph(memorised_model_dir: Path) -> None:
+@pytest.mark.parametrize("which", ["torch", "onnx", "onnx-int8"])
+def test_cli_reproduces_the_memorised_paragraph(which: str, request: pytest.FixtureRequest) -> None:
+    fixture = {"torch": "memorised_model_dir", "onnx": "memorised_onnx_dir",
+               "onnx-int8": "memorised_onnx_int8_dir"}[which]
+    model = str(request.getfixturevalue(fixture))
+    backend = "torch" if which == "torch" else "onnx"
     prompt, rest = memorised_prompt()
-    model = str(memorised_model_dir)
-    result = run_cli("generate", "-m", model, "--greedy", "--max-new-tokens", "80", prompt)
+    args = ("generate", "-m", model, "--backend", backend, "--greedy", "--max-new-tokens", "80")
+    result = run_cli(*args, prompt)
     assert result.returncode == 0, result.err
     assert result.out == MEMORISED_PARAGRAPH + "\n"
     # A stop string spanning tokens ("ships pass" is " ships" + " pass") cuts the text there.
     result = run_cli(
-        "generate", "-m", model, "--greedy", "--max-new-tokens", "80", "--no-return-full-text",
-        "--stop", "ships pass", "--stop", "never there", "--format", "jsonl", prompt,
+        *args, "--no-return-full-text", "--stop", "ships pass", "--stop", "never there",
+        "--format", "jsonl", prompt,
     )
     record = json.loads(result.out)
     assert record["generated_text"] == rest[: rest.index("ships pass")]
