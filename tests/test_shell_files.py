@@ -99,6 +99,12 @@ def test_bash_completes_an_option_of_generate() -> None:
     assert offered == ["--max-new-tokens"]
 
 
+def test_bash_completes_choices_of_an_option() -> None:
+    backends, poolings = bash_complete("gpt2cli generate --backend ", "gpt2cli embed --pooling m")
+    assert sorted(backends) == ["auto", "onnx", "torch"]
+    assert poolings == ["mean"]
+
+
 def test_bash_falls_back_to_file_names() -> None:
     # Nothing from gpt2cli after -f: `complete -o default` lets bash complete file names.
     [offered] = bash_complete("gpt2cli tokenize -f ")
