@@ -103,7 +103,7 @@ ENVIRONMENT = {
     "HF_HUB_OFFLINE": "When 1, never contact the Hub: only models already in the cache resolve.",
 }
 
-# (what it does, command lines): shown only when every command named exists; options are checked.
+# (what it does, command lines); the commands and options they use are checked against the app.
 EXAMPLES: list[tuple[str, tuple[str, ...]]] = [
     ("Token ids of a text:", ('gpt2cli tokenize "Hello, I\'m a language model,"',)),
     (
@@ -218,21 +218,19 @@ def _option_names(cmd: Command) -> set[str]:
     return names
 
 
-def check_example(line: str, commands: dict[str, Command], root: Command) -> bool:
-    """Whether `line` runs an existing command; raise if it uses an option that doesn't exist."""
+def check_example(line: str, commands: dict[str, Command], root: Command) -> None:
+    """Stop the generation if an example names a command or an option that doesn't exist."""
     words = shlex.split(line.split("| ", 1)[-1])
-    assert words[0] == PROG, line
     path, rest = PROG, words[1:]
     while rest and f"{path} {rest[0]}" in commands:
         path, rest = f"{path} {rest[0]}", rest[1:]
-    if path == PROG:
-        return False
+    if words[0] != PROG or path == PROG:
+        raise SystemExit(f"example runs no gpt2cli command: {line}")
     known = _option_names(commands[path]) | _option_names(root)
     for word in rest:
         flag = word.split("=", 1)[0]
         if flag.startswith("-") and flag != "-" and flag not in known:
             raise SystemExit(f"example uses unknown option {flag} of {path!r}: {line}")
-    return True
 
 
 def _wrap_command(line: str, width: int = 64) -> list[str]:
@@ -349,9 +347,10 @@ def man_page() -> str:
 
     lines += [".SH EXAMPLES"]
     for what, example in EXAMPLES:
-        if all([check_example(line, commands, root) for line in example]):
-            shown = [part for line in example for part in _wrap_command(line)]
-            lines += [".PP", roff(what), ".RS 4", ".nf", *map(roff, shown), ".fi", ".RE"]
+        for line in example:
+            check_example(line, commands, root)
+        shown = [part for line in example for part in _wrap_command(line)]
+        lines += [".PP", roff(what), ".RS 4", ".nf", *map(roff, shown), ".fi", ".RE"]
     return "\n".join(lines) + "\n"
 
 

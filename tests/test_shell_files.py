@@ -224,5 +224,9 @@ def test_man_dash_l_shows_the_page_without_warnings() -> None:
 
 def test_examples_are_checked_against_the_app() -> None:
     commands = {c.path: c for c in COMMANDS.values()}
+    root = gen._root_command()
+    gen.check_example("echo 1 | gpt2cli tokenize --decode", commands, root)
     with pytest.raises(SystemExit, match="unknown option --no-such-flag"):
-        gen.check_example("gpt2cli tokenize --no-such-flag", commands, gen._root_command())
+        gen.check_example("gpt2cli tokenize --no-such-flag", commands, root)
+    with pytest.raises(SystemExit, match="runs no gpt2cli command"):
+        gen.check_example("gpt2cli summarize --model gpt2", commands, root)
