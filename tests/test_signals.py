@@ -1,5 +1,6 @@
-"""Unix manners, through the real console script: closed pipes, Ctrl-C and SIGTERM, --quiet, colour
-only on a terminal, and -o files that are never overwritten by accident nor left half-written."""
+"""Unix manners, through the real console script: closed pipes, Ctrl-C and SIGTERM (exit codes, no
+traceback, no half-written -o file), colour and progress only where escape codes are allowed, and
+--quiet. (Refusing to overwrite without --force is in the bad-input matrix.)"""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def test_interrupted_tokenize_of_a_big_file_stops_quietly(signum: int, big_text:
     stderr = proc.stderr.read()
     proc.wait(timeout=60)
     assert proc.returncode in (128 + signum, 1)  # 1: the closed stdout won the race
-    assert b"Traceback" not in stderr and stderr.count(b"\n") <= 1
+    assert stderr == b""
 
 
 @pytest.mark.parametrize(
