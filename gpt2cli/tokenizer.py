@@ -65,6 +65,8 @@ class GPT2Tokenizer(Tokenizer):
             explicit_n_vocab=GPT2_VOCAB_SIZE,
         )
         self._parse_special = parse_special
+        self._pool = None
+        self._pool_threads = 0
         self.vocab_size = GPT2_VOCAB_SIZE
         self.eos_token_id = GPT2_VOCAB_SIZE - 1
 
@@ -74,14 +76,17 @@ class GPT2Tokenizer(Tokenizer):
         return self._encoding.encode_ordinary(text)  # skips the special-token scan
 
     def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
-        if len(texts) == 1:
-            return [self.encode(texts[0])]
         threads = threads or os.cpu_count() or 1
-        if self._parse_special and any(ENDOFTEXT in t for t in texts):
-            return self._encoding.encode_batch(
-                list(texts), num_threads=threads, allowed_special="all"
-            )
-        return self._encoding.encode_ordinary_batch(list(texts), num_threads=threads)
+        if len(texts) == 1 or threads == 1:
+            return [self.encode(t) for t in texts]
+        # One long-lived pool: tiktoken keeps per-thread regex state, so fresh threads for
+        # every batch (as its encode_batch does) grow memory by hundreds of MB on big inputs.
+        if self._pool is None or self._pool_threads != threads:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gpt2cli-encode")
+            self._pool_threads = threads
+        return list(self._pool.map(self.encode, texts))
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._encoding.decode_single_token_bytes(token_id)
