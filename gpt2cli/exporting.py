@@ -1,7 +1,7 @@
 """The ONNX export engine behind `gpt2cli export-onnx`.
 
-Steps: optimum exports the model (text-generation-with-past, tied embedding stored once); a
-small graph edit adds `hidden_states.{i}` outputs and an overridable `logits_to_keep` input
+Steps: optimum exports the model (text-generation-with-past); a graph edit stores GPT-2's tied
+embedding once and adds `hidden_states.{i}` outputs and an overridable `logits_to_keep` input
 (default 0 = all positions, so optimum's ORTModelForCausalLM runs the file unchanged); optional
 int8 (dynamic) or int4 (MatMulNBits, weight-only) quantization; validation against PyTorch; the
 tokenizer, configs and a manifest beside the model. Everything is written to a temporary
@@ -102,24 +102,24 @@ def export_model(
     started = time.monotonic()
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".tmp", dir=outdir.parent))
     try:
-        raw = staging / "optimum"
-        final = staging / "final"
+        raw, edited, final = staging / "optimum", staging / "edited", staging / "final"
         progress(f"exporting {model} with optimum ({TASK})")
         _optimum_export(source_dir, raw, options.opset)
-        progress("adding hidden-state outputs and logits_to_keep")
-        add_gpt2cli_io(raw / ONNX_MODEL, config)
+        progress("tying the embedding, adding hidden-state outputs and logits_to_keep")
+        _run_stage("ONNX graph edit", staging, lambda: finish_graph(raw, edited, config))
+        shutil.rmtree(raw)
         if options.quantize:
             progress(f"quantizing to {options.quantize}")
             final.mkdir()
             _run_stage(
                 "quantization",
                 staging,
-                lambda: quantize(raw / ONNX_MODEL, final / ONNX_MODEL, options),
+                lambda: quantize(edited / ONNX_MODEL, final / ONNX_MODEL, options),
             )
-            _copy_metadata(raw, final)
-            shutil.rmtree(raw)
+            _copy_metadata(edited, final)
+            shutil.rmtree(edited)
         else:
-            raw.rename(final)
+            edited.rename(final)
         _ensure_metadata(source_dir, final)
         validation = None
         if options.validate:
@@ -192,6 +192,8 @@ def _run_stage(what: str, log_dir: Path, step: Callable[[], None]) -> None:
     except (KeyboardInterrupt, SystemExit, ModelError):
         raise
     except Exception as exc:
+        if Settings.debug:
+            raise
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{what} failed: {detail} (rerun with --debug for details)") from None
 
@@ -223,17 +225,77 @@ def _load_graph(path: Path, with_weights: bool = False) -> Any:
     return onnx.load(str(path), load_external_data=with_weights)
 
 
-def add_gpt2cli_io(path: Path, config: dict[str, Any]) -> None:
+def finish_graph(source: Path, target: Path, config: dict[str, Any]) -> None:
+    """optimum's raw export in `source`, finished into `target`: the tied embedding stored
+    once, `hidden_states.{i}` outputs and the overridable `logits_to_keep` input.
+
+    Models with external data (over 2 GB) keep it, rewritten into one model.onnx_data.
+    """
+    import onnx
+
+    raw = source / ONNX_MODEL
+    large = any(
+        init.data_location == onnx.TensorProto.EXTERNAL
+        for init in _load_graph(raw).graph.initializer
+    )
+    model = onnx.load(str(raw))  # with the weights, wherever they are
+    tie_embedding(model)
+    add_gpt2cli_io(model, config)
+    target.mkdir()
+    _copy_metadata(source, target)
+    path = target / ONNX_MODEL
+    if large:
+        onnx.save(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=ONNX_MODEL + "_data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))  # by path: external data is checked where it lies
+
+
+def tie_embedding(model: Any) -> bool:
+    """Replace the vocabulary projection's weight, when it is the token embedding transposed,
+    by a Transpose of the embedding: GPT-2's tied weight is then stored once."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    heads = [n for n in graph.node if "logits" in n.output and n.op_type == "MatMul"]
+    if len(heads) != 1 or heads[0].input[1] not in initializers:
+        return False
+    head = heads[0]
+    projection = initializers[head.input[1]]
+    for node in graph.node:
+        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or list(table.dims) != list(reversed(projection.dims)):
+            continue
+        if not np.array_equal(numpy_helper.to_array(table).T, numpy_helper.to_array(projection)):
+            continue
+        transposed = f"{table.name}_transposed"
+        transpose = helper.make_node(
+            "Transpose", [table.name], [transposed], name="gpt2cli/tied_embedding_transpose"
+        )
+        graph.node.insert(list(graph.node).index(head), transpose)
+        head.input[1] = transposed
+        graph.initializer.remove(projection)
+        return True
+    return False
+
+
+def add_gpt2cli_io(model: Any, config: dict[str, Any]) -> None:
     """Add `hidden_states.{i}` outputs and the overridable `logits_to_keep` input, in place.
 
     hidden_states[i] (i < n_layer) is the input of block i's first LayerNormalization, and
     hidden_states[n_layer] the input of the vocabulary projection (ln_f's output), matching
-    transformers' hidden_states tuple. The weights (and external data) are left untouched.
+    transformers' hidden_states tuple.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = _load_graph(path)
     graph = model.graph
     n_layer = config.get("n_layer", config.get("num_hidden_layers"))
     n_embd = config.get("n_embd", config.get("hidden_size"))
@@ -275,8 +337,6 @@ def add_gpt2cli_io(path: Path, config: dict[str, Any]) -> None:
     graph.node.insert(position, kept)
     graph.node.insert(position, negated)
     head.input[0] = "gpt2cli/kept_hidden"
-    onnx.save(model, str(path))
-    onnx.checker.check_model(str(path))  # by path: external data is checked where it lies
 
 
 def _prepare_for_quantization(model: Any) -> None:
