@@ -185,7 +185,7 @@ class _Job:
 
 
 @dataclass
-class _Item:
+class ScoringItem:
     """A text (or a continuation) waiting for its windows' results."""
 
     ids: list[int]
@@ -206,16 +206,16 @@ class ScoreOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
 
 
-def plan_text(ids: Sequence[int], options: ScoreOptions, eos: int | None) -> _Item:
+def plan_text(ids: Sequence[int], options: ScoreOptions, eos: int | None) -> ScoringItem:
     """The windows that score a whole text."""
     prefix = [eos] if options.prefix_eos and eos is not None else []
     sequence = prefix + list(ids)
-    return _Item(
+    return ScoringItem(
         list(ids), len(prefix), sequence, window_plan(len(sequence), options.ctx, options.stride)
     )
 
 
-def plan_continuation(context: Sequence[int], continuation: Sequence[int], ctx: int) -> _Item:
+def plan_continuation(context: Sequence[int], continuation: Sequence[int], ctx: int) -> ScoringItem:
     """lm-eval's loglikelihood window: the continuation after as much context as fits.
 
     The model is fed at most `ctx` tokens; context tokens beyond that are dropped from the left.
@@ -229,7 +229,7 @@ def plan_continuation(context: Sequence[int], continuation: Sequence[int], ctx: 
     sequence = list(context) + list(continuation)
     begin = max(0, len(sequence) - 1 - ctx)
     window = Window(begin, len(sequence), len(context))
-    return _Item(
+    return ScoringItem(
         list(continuation),
         len(context),
         sequence,
@@ -255,7 +255,7 @@ def encode_pair(
     return whole[:n_context], whole[n_context:]
 
 
-def _jobs(items: Sequence[_Item]) -> list[_Job]:
+def _jobs(items: Sequence[ScoringItem]) -> list[_Job]:
     jobs = []
     for number, item in enumerate(items):
         sequence = np.asarray(item.sequence, dtype=np.int64)
@@ -363,7 +363,7 @@ def score_rows(
 
 def run_items(
     backend: Backend,
-    items: Sequence[_Item],
+    items: Sequence[ScoringItem],
     options: ScoreOptions,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[TokenScores]:
@@ -396,7 +396,7 @@ def run_items(
     return [_merge(item, item_parts) for item, item_parts in zip(items, parts, strict=True)]
 
 
-def _merge(item: _Item, parts: list[tuple[np.ndarray, _RowScores]]) -> TokenScores:
+def _merge(item: ScoringItem, parts: list[tuple[np.ndarray, _RowScores]]) -> TokenScores:
     parts.sort(key=lambda part: int(part[0][0]) if len(part[0]) else 0)
 
     def cat(name: str) -> np.ndarray | None:
@@ -436,7 +436,7 @@ def _stats(tokenizer, ids: Sequence[int], tokens: TokenScores, text: str | None)
         n_bytes, n_chars = len(text.encode("utf-8")), len(text)
     else:
         n_bytes, n_chars = token_bytes_and_chars(tokenizer, ids, tokens.positions)
-    nll = -float(tokens.logprobs.sum(dtype=np.float64))
+    nll = 0.0 - float(tokens.logprobs.sum(dtype=np.float64))
     return Stats(len(tokens.positions), n_bytes, n_chars, nll)
 
 

@@ -87,11 +87,12 @@ def embed(
     output: options.Output = None,
     force: options.Force = False,
 ) -> None:
-    """Embed texts: GPT2Model hidden states, pooled into one vector per text.
+    """Embed texts: GPT2Model hidden states, pooled to one vector per text.
 
-    JSON and JSONL give, per text in input order, its index, source, token count, whether it was
-    truncated, and the vector. npy writes a float32 array of shape (texts, dim) that
-    numpy.load reads (with --pooling none: (tokens, dim) for one text).
+    jsonl and json give, per text in input order, its index, source, token
+    count, whether it was truncated, and the vector. npy writes one float32
+    array of shape (texts, dim) for numpy.load (--pooling none: (tokens, dim)
+    for one text).
     """
     from gpt2cli.embedding import EmbedOptions, embed_encoded, encode_texts
     from gpt2cli.inputs import read_texts, resolve_sources

@@ -93,13 +93,14 @@ def score(
     output: options.Output = None,
     force: options.Force = False,
 ) -> None:
-    """Score texts: perplexity, bits per byte and per-token log-probabilities.
+    """Score texts: perplexity, bits per byte, per-token log-probabilities.
 
-    Every token of a text is scored, the first one after <|endoftext|> (lm-eval's rolling
-    loglikelihood; --no-prefix skips it instead). Texts longer than --ctx use the Hugging Face
-    guide's strided window: each token is predicted with at least ctx - stride tokens of context.
-    Perplexity is exp(total NLL / tokens); bits per byte is total NLL / UTF-8 bytes / ln 2.
-    Every result states its ctx and stride.
+    Every token of a text is scored, the first one after <|endoftext|>
+    (lm-eval's rolling loglikelihood; --no-prefix leaves it unscored, as the
+    Hugging Face perplexity guide does). Texts longer than --ctx use the
+    guide's strided window, so every token sees at least ctx - stride tokens
+    of context. Perplexity is exp(NLL / tokens); bits per byte is
+    NLL / UTF-8 bytes / ln 2. Every result states its ctx and stride.
     """
     from gpt2cli import scoring
     from gpt2cli.inputs import read_texts, resolve_sources
@@ -260,6 +261,8 @@ def _write_text(out: IO[str], results: Sequence, sources: Sequence[str], header:
     if len(results) == 1:
         result = results[0]
         rows = list(zip(STAT_COLUMNS, _stat_cells(result.stats), strict=True))
+        if result.stats.tokens != result.text_tokens:
+            rows.insert(1, ("text tokens", str(result.text_tokens)))
         if header.conditional:
             rows[0:0] = [
                 ("logprob", _number(result.logprob)),
