@@ -210,6 +210,9 @@ def _optimum_export(source_dir: Path, target: Path, opset: int | None) -> None:
             task=TASK,
             opset=opset,
             do_validation=False,
+            # optimum's post-processing only ties the embedding, and fails on models over
+            # 2 GB (it measures the whole protobuf): finish_graph ties it instead.
+            no_post_process=True,
             local_files_only=True,
             trust_remote_code=False,
             library_name="transformers",
@@ -561,8 +564,19 @@ def _manifest(
     }
 
 
+def _default_permissions(directory: Path) -> None:
+    """mkdtemp's private 0700 (and onnx's 0600 data file) would outlive the rename: give the
+    export the modes a plain mkdir and open would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
 def _move_into_place(final: Path, outdir: Path, staging: Path) -> None:
     """Rename the finished export to `outdir`, replacing an old one (only with --force)."""
+    _default_permissions(final)
     if outdir.exists():
         old = staging / "replaced"
         outdir.rename(old)

@@ -53,6 +53,9 @@ def test_cli_export_validates_and_writes_everything(tiny_model_dir: Path, tmp_pa
     for name in ["model.onnx", MANIFEST_NAME, *METADATA]:
         assert (out / name).is_file(), name
     assert leftovers(out.parent) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
 
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["source"] == str(tiny_model_dir)
