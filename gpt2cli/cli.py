@@ -122,14 +122,29 @@ def run(args: list[str]) -> int:
         return EXIT_FAILURE
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C does, so that atomic outputs remove their temporary files."""
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM SystemExit: both unwind, so atomic outputs
+    remove their temporary files. The flag outlives an exception that Python swallows."""
+    Settings.interrupted = signum
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def _unraisable(hook: object) -> None:
+    """An interrupt raised inside a finalizer cannot propagate; don't print it as an error."""
+    if Settings.interrupted and isinstance(
+        getattr(hook, "exc_value", None), KeyboardInterrupt | SystemExit
+    ):
+        return
+    sys.__unraisablehook__(hook)
 
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    sys.unraisablehook = _unraisable
     if not color_allowed():
         # Rich (help screens) keeps bold under NO_COLOR; as a non-terminal it writes no codes.
         os.environ.setdefault("TTY_COMPATIBLE", "0")
@@ -142,4 +157,6 @@ def main() -> None:
             code = code or EXIT_FAILURE
     except KeyboardInterrupt:  # outside the app: while parsing flags or flushing
         code = EXIT_INTERRUPTED
+    if Settings.interrupted:
+        code = 128 + Settings.interrupted
     sys.exit(code)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ class Settings:
 
     quiet: bool = False
     debug: bool = False
+    interrupted: int = 0  # the signal (SIGINT, SIGTERM) that asked the process to stop, if any
 
 
 def color_allowed() -> bool:
@@ -73,15 +75,24 @@ def check_writable(path: str | Path, force: bool) -> Path:
 def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> Iterator[IO]:
     """Write to a temporary file beside `path`, renamed into place only on success."""
     target = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # Named before it exists, so that an interrupt at any moment after creation can remove it.
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
     try:
+        # 0o666 less the umask, as for any new file; an overwritten file keeps its mode.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if target.exists():
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if Settings.interrupted:
+            # The interrupt's exception was swallowed (Python only prints one raised in a
+            # finalizer or weakref callback): still never commit the output.
+            raise KeyboardInterrupt
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,6 +10,7 @@ import os
 import pty
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import termios
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from gpt2cli.outputs import Settings, atomic_file
 
 GPT2CLI = str(Path(sys.executable).parent / "gpt2cli")
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
@@ -146,14 +149,14 @@ def test_interrupted_tokenize_of_a_big_file_stops_quietly(signum: int, big_text:
     ids=["SIGINT", "SIGINT with --force over an old file", "SIGTERM"],
 )
 def test_interrupted_generate_leaves_no_partial_output(
-    signum: int, existing: bool, tiny_model_dir: Path, tmp_path: Path
+    signum: int, existing: bool, tiny_onnx_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.jsonl"
     if existing:
         out.write_text("the previous results\n")
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Once upon a time\nHello world\n")
-    args = ["generate", "-m", str(tiny_model_dir), "--greedy", "--max-new-tokens", "900"]
+    prompts.write_text("Once upon a time\nHello world\nThe end\nAnd again\n")
+    args = ["generate", "-m", str(tiny_onnx_dir), "--greedy", "--max-new-tokens", "1000"]
     args += ["--lines", "-f", str(prompts), "--format", "jsonl", "-o", str(out), "--force"]
     proc = subprocess.Popen(
         [GPT2CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=tmp_path
@@ -236,14 +239,14 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_model_commands_colour_and_show_progress_on_a_terminal(
-    tiny_model_dir: Path, text_file: Path
+    tiny_onnx_dir: Path, text_file: Path
 ) -> None:
     # The control case for the test below: on a plain terminal there is colour and progress.
     code, shown = run_on_pty(
-        ["score", "-m", str(tiny_model_dir), "--show", "-f", str(text_file)], _env()
+        ["score", "-m", str(tiny_onnx_dir), "--show", "-f", str(text_file)], _env()
     )
     assert code == 0 and b"\x1b[" in shown
-    code, shown = run_on_pty(["score", "-m", str(tiny_model_dir), "-f", str(text_file)], _env())
+    code, shown = run_on_pty(["score", "-m", str(tiny_onnx_dir), "-f", str(text_file)], _env())
     assert code == 0 and b"scored " in shown
 
 
@@ -257,12 +260,12 @@ def test_model_commands_colour_and_show_progress_on_a_terminal(
     ids=["score --show", "score progress", "generate --stream"],
 )
 def test_model_commands_write_no_escape_codes_under_no_color(
-    args: list[str], tiny_model_dir: Path, text_file: Path
+    args: list[str], tiny_onnx_dir: Path, text_file: Path
 ) -> None:
     args = [
         args[0],
         "-m",
-        str(tiny_model_dir),
+        str(tiny_onnx_dir),
         *(a.replace("{text}", str(text_file)) for a in args[1:]),
     ]
     code, shown = run_on_pty(args, _env(NO_COLOR="1"))
@@ -284,10 +287,11 @@ def test_quiet_keeps_errors(where: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_without_tokenizer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model minus its tokenizer files: loading it warns that the built-in one is used."""
+def model_without_tokenizer(tiny_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ONNX model minus its tokenizer files: loading it warns that the built-in one is
+    used."""
     directory = tmp_path_factory.mktemp("no-tokenizer") / "model"
-    shutil.copytree(tiny_model_dir, directory)
+    shutil.copytree(tiny_onnx_dir, directory)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         (directory / name).unlink(missing_ok=True)
     return directory
@@ -301,3 +305,35 @@ def test_quiet_silences_warnings_but_not_results(model_without_tokenizer: Path) 
     assert b"warning: " in chatty.stderr  # the control case: there is something to silence
     assert quiet.stderr == b""
     assert quiet.stdout == chatty.stdout and quiet.stdout.startswith(b"Hello")
+
+
+# ------------------------------------------------------------------------------ -o files
+
+
+def test_atomic_file_never_commits_after_an_interrupt(tmp_path: Path) -> None:
+    """Python swallows an interrupt raised in a finalizer; the flag set by the signal handler
+    still stops the output from being committed."""
+    target = tmp_path / "out.txt"
+    try:
+        Settings.interrupted = signal.SIGINT
+        with pytest.raises(KeyboardInterrupt), atomic_file(target) as f:
+            f.write("complete, but the user pressed Ctrl-C")
+    finally:
+        Settings.interrupted = 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    fresh, kept = tmp_path / "fresh.txt", tmp_path / "kept.txt"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    umask = os.umask(0o022)
+    try:
+        for path in (fresh, kept):
+            with atomic_file(path, force=True) as f:
+                f.write("new")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # not mkstemp's 0o600
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    assert kept.read_text() == "new"
