@@ -45,6 +45,7 @@ from gpt2cli.outputs import Settings
 TASK = "text-generation-with-past"
 QUANTIZATIONS = ("int8", "int4")
 KEEP_INPUT = "logits_to_keep"
+MS_DOMAIN = "com.microsoft"
 # An fp32 export whose logits stray further than this from PyTorch's is refused.
 FP32_TOLERANCE = 1e-3
 VALIDATION_TEXTS = (
@@ -229,41 +230,36 @@ def _load_graph(path: Path, with_weights: bool = False) -> Any:
 
 
 def finish_graph(source: Path, target: Path, config: dict[str, Any]) -> None:
-    """optimum's raw export in `source`, finished into `target`: the tied embedding stored
-    once, `hidden_states.{i}` outputs and the overridable `logits_to_keep` input.
+    """optimum's raw export in `source`, finished into `target`: `hidden_states.{i}` outputs,
+    the overridable `logits_to_keep` input, and the tied embedding stored once.
 
-    Models with external data (over 2 GB) keep it, rewritten into one model.onnx_data.
+    The weights go to model.onnx_data beside model.onnx: ONNX Runtime maps that file instead
+    of parsing the weights out of the protobuf, which halves the load time, and it is the only
+    way past protobuf's 2 GB limit.
     """
     import onnx
 
-    raw = source / ONNX_MODEL
-    large = any(
-        init.data_location == onnx.TensorProto.EXTERNAL
-        for init in _load_graph(raw).graph.initializer
-    )
-    model = onnx.load(str(raw))  # with the weights, wherever they are
-    tie_embedding(model)
+    model = onnx.load(str(source / ONNX_MODEL))  # with the weights, wherever they are
     add_gpt2cli_io(model, config)
+    tie_embedding(model)
     target.mkdir()
     _copy_metadata(source, target)
     path = target / ONNX_MODEL
-    if large:
-        onnx.save(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=ONNX_MODEL + "_data",
-            size_threshold=1024,
-        )
-    else:
-        onnx.save(model, str(path))
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_MODEL + "_data",
+        size_threshold=1024,
+    )
     onnx.checker.check_model(str(path))  # by path: external data is checked where it lies
 
 
 def tie_embedding(model: Any) -> bool:
-    """Replace the vocabulary projection's weight, when it is the token embedding transposed,
-    by a Transpose of the embedding: GPT-2's tied weight is then stored once."""
+    """When the vocabulary projection's weight is the token embedding transposed, project
+    with FusedMatMul(hidden, embedding, transB=1) instead: GPT-2's tied weight is stored once,
+    and ONNX Runtime neither folds nor keeps a transposed copy of it at load time."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -279,12 +275,11 @@ def tie_embedding(model: Any) -> bool:
             continue
         if not np.array_equal(numpy_helper.to_array(table).T, numpy_helper.to_array(projection)):
             continue
-        transposed = f"{table.name}_transposed"
-        transpose = helper.make_node(
-            "Transpose", [table.name], [transposed], name="gpt2cli/tied_embedding_transpose"
-        )
-        graph.node.insert(list(graph.node).index(head), transpose)
-        head.input[1] = transposed
+        head.op_type, head.domain = "FusedMatMul", MS_DOMAIN
+        head.input[1] = table.name
+        head.attribute.extend([helper.make_attribute("transB", 1)])
+        if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         graph.initializer.remove(projection)
         return True
     return False
@@ -346,15 +341,14 @@ def _prepare_for_quantization(model: Any) -> None:
     """Rewrite weights into the form ONNX Runtime's quantizers take, in place.
 
     Both quantizers handle MatMul with a constant weight only: GPT-2's Conv1D layers export as
-    Gemm, and the tied vocabulary projection multiplies by Transpose(wte). Gemm becomes
-    MatMul + Add, and the projection gets its own transposed weight (stored quantized, while
-    the fp32 embedding table stays for the token lookup).
+    Gemm, and the tied vocabulary projection is a FusedMatMul with the embedding (transB).
+    Gemm becomes MatMul + Add, and the projection gets its own transposed weight (stored
+    quantized; the embedding table stays for the token lookup).
     """
     from onnx import helper, numpy_helper
 
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
     rewritten = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -383,38 +377,28 @@ def _prepare_for_quantization(model: Any) -> None:
                     )
                 )
             continue
-        if node.op_type == "MatMul" and "logits" in node.output:
-            transpose = producers.get(node.input[1])
-            if transpose is not None and transpose.op_type == "Transpose":
-                table = initializers.get(transpose.input[0])
-                if table is not None:
-                    array = np.ascontiguousarray(numpy_helper.to_array(table).T)
-                    name = "lm_head.weight_transposed"
-                    graph.initializer.append(numpy_helper.from_array(array, name))
-                    node.input[1] = name
+        if node.op_type == "FusedMatMul" and "logits" in node.output:
+            table = initializers.get(node.input[1])
+            if table is not None and attrs.get("transB", 0) and not attrs.get("transA", 0):
+                array = np.ascontiguousarray(numpy_helper.to_array(table).T)
+                name = "lm_head.weight_transposed"
+                graph.initializer.append(numpy_helper.from_array(array, name))
+                node = helper.make_node(
+                    "MatMul", [node.input[0], name], list(node.output), name=node.name
+                )
         rewritten.append(node)
     del graph.node[:]
     graph.node.extend(rewritten)
-    used = {name for node in graph.node for name in node.input}
-    for node in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] not in used]:
-        graph.node.remove(node)
     used = {name for node in graph.node for name in node.input}
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
 
 
-def _is_large(model: Any) -> bool:
-    return model.ByteSize() > 1_800_000_000 or any(
-        init.data_location == 1 for init in model.graph.initializer
-    )
-
-
 def quantize(source: Path, target: Path, options: ExportOptions) -> None:
     """int8 dynamic quantization of every weight matrix, or int4 weight-only quantization of
     every weight matrix and embedding table."""
     model = _load_graph(source, with_weights=True)
-    large = _is_large(model)
     _prepare_for_quantization(model)
     if options.quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -425,7 +409,7 @@ def quantize(source: Path, target: Path, options: ExportOptions) -> None:
             op_types_to_quantize=["MatMul"],
             per_channel=options.per_channel,
             weight_type=QuantType.QInt8,
-            use_external_data_format=large,
+            use_external_data_format=True,
             extra_options={"MatMulConstBOnly": True},
         )
         return
@@ -443,7 +427,7 @@ def quantize(source: Path, target: Path, options: ExportOptions) -> None:
         quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quantizer.process()
-    quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
 
 
 def _copy_metadata(source: Path, target: Path) -> None:

@@ -268,3 +268,14 @@ print(load_backend("someone/tiny-gpt2-onnx").name)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "onnx"
+
+
+def test_truncated_onnx_weights_are_one_line_model_error(
+    tiny_onnx_dir: Path, tmp_path: Path
+) -> None:
+    model = copy_model(tiny_onnx_dir, tmp_path / "m")
+    weights = model / "model.onnx_data"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelError, match="cannot load the ONNX model") as caught:
+        load_backend(str(model))
+    assert "\n" not in caught.value.message
