@@ -422,6 +422,22 @@ OTHER_COMMAND_CASES = [
         prepare=_truncate("model.onnx"),
     ),
     Case(
+        "truncated model.onnx_data (the external weights)",
+        (*EMBED, "Hello"),
+        1,
+        "model.onnx: cannot load the ONNX model",
+        model="tiny_onnx_dir",
+        prepare=_truncate("model.onnx_data"),
+    ),
+    Case(
+        "missing model.onnx_data",
+        (*GENERATE, "Hello"),
+        1,
+        "model.onnx: cannot load the ONNX model",
+        model="tiny_onnx_dir",
+        prepare=_remove("model.onnx_data"),
+    ),
+    Case(
         "ONNX directory without config.json",
         (*EMBED, "--backend", "onnx", "Hello"),
         1,
