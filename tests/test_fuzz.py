@@ -170,11 +170,6 @@ def test_token_id_parser_returns_ints_or_a_clean_error(body: str) -> None:
     assert all(type(i) is int for i in ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tokenize.parse_ids lets json.loads' RecursionError through (exit 1, 'RecursionError: "
-    "maximum recursion depth exceeded'); reported to the lead",
-)
 def test_token_id_parser_rejects_deeply_nested_json_cleanly() -> None:
     with pytest.raises(CliError):
         parse_ids(inputs.Text("[" * 100_000, "<arg>"))

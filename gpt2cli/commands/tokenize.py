@@ -156,7 +156,7 @@ def parse_ids(text: Text) -> list[int]:
                 raise ValueError
             return values
         return [int(v) for v in _ID_SEPARATORS.split(body) if v]
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InputError(
             f"{text.source}: expected token ids (integers), got {body[:40]!r}"
         ) from None
