@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -231,7 +233,10 @@ def test_onnx_dtype_and_device_errors(tiny_onnx_dir) -> None:  # noqa: ANN001
 
 def test_onnx_threads_option(tiny_onnx_dir) -> None:  # noqa: ANN001
     backend = load_backend(str(tiny_onnx_dir), threads=1)
-    assert backend.session.get_session_options().intra_op_num_threads == 1
+    session_options = backend.session.get_session_options()
+    assert session_options.intra_op_num_threads == 1
+    spinning = session_options.get_session_config_entry("session.intra_op.allow_spinning")
+    assert spinning == ("1" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE" else "0")
 
 
 def test_int8_export_stays_close_on_random_weights(torch_backend, tiny_onnx_int8_dir) -> None:  # noqa: ANN001

@@ -11,6 +11,7 @@ path.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,9 @@ class OnnxBackend:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the overridable logits_to_keep default is intended
+        # As for torch (see backends/torch.py): no spinning unless OMP_WAIT_POLICY=ACTIVE.
+        spin = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
