@@ -9,7 +9,8 @@ It builds a GPT-2 124M-shape model with random weights (seeded) under bench/out/
 reused by later runs), exports it with the real export-onnx engine to fp32, int8 and int4, then
 times each backend on the same token ids: prefill of a --prompt-tokens prompt (last-position
 logits, as generate uses it) and the median of --steps single-token decode steps with the KV
-cache. optimum's ORTModelForCausalLM on the fp32 export runs alongside for comparison. Prints a
+cache. optimum's ORTModelForCausalLM on the fp32 export runs alongside for comparison (with
+the same no-spinning thread policy as gpt2cli's backends). Prints a
 Markdown table and writes bench/out/backends/bench_backends.json.
 """
 
@@ -93,6 +94,8 @@ def time_optimum(directory: Path, prompt: np.ndarray, steps: int, threads: int |
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # The same thread policy as gpt2cli's onnx backend, so that only the runtimes differ.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     model = ORTModelForCausalLM.from_pretrained(directory, session_options=options)
