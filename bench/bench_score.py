@@ -184,6 +184,7 @@ def main() -> None:
             result = json.loads(process.stdout.readline())
             for key in totals[name]:
                 totals[name][key] += result[key]
+        save(names, totals, block[1], total_windows, final=False)
         done = (number + 1) / len(blocks)
         print(f"\r{100 * done:.0f}% of blocks, {time.perf_counter() - began:.0f}s", end="",
               file=sys.stderr)  # fmt: skip
@@ -191,34 +192,40 @@ def main() -> None:
     for process in workers.values():
         process.stdin.close()
         process.wait()
-    report(names, totals, limit, total_windows)
+    rows = save(names, totals, limit, total_windows, final=True)
+    report(rows, totals[BASELINE]["tokens"], limit, total_windows)
 
 
-def report(names: list[str], totals: dict, windows: int, total_windows: int) -> None:
+def save(names: list[str], totals: dict, windows: int, total_windows: int, final: bool) -> list:
+    """Rates and perplexities so far, written to bench/out/bench_score.json (partial until
+    the last block, so an interrupted run still leaves its figures)."""
     base = totals[BASELINE]
     base_rate = base["tokens"] / base["seconds"]
     base_ppl = math.exp(base["nll"] / base["tokens"])
     rows = []
-    print(f"\nscore: WikiText-2 raw test, {windows}/{total_windows} windows, ctx {CTX}, stride "
-          f"{STRIDE}, {base['tokens']} tokens scored; gpt2 124M shape, random weights, "
-          f"{os.cpu_count()} CPUs\n")  # fmt: skip
-    print("| case | tokens/s | speed-up | perplexity | perplexity change |")
-    print("|---|---:|---:|---:|---:|")
     for name in names:
         t = totals[name]
         rate = t["tokens"] / t["seconds"]
         ppl = math.exp(t["nll"] / t["tokens"])
-        change = ppl / base_ppl - 1
         rows.append(
             {"case": name, "what": CASES[name][0], **t, "tokens_per_s": rate,
-             "speedup": rate / base_rate, "perplexity": ppl, "relative_change": change}
+             "speedup": rate / base_rate, "perplexity": ppl, "relative_change": ppl / base_ppl - 1}
         )  # fmt: skip
-        print(f"| {CASES[name][0]} | {rate:.0f} | {rate / base_rate:.2f}x | {ppl:.4f} | "
-              f"{change:+.2e} |")  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_score.json").write_text(
-        json.dumps({"windows": windows, "total_windows": total_windows, "results": rows}, indent=2)
-    )
+    summary = {"windows": windows, "total_windows": total_windows, "final": final, "results": rows}
+    (OUT / "bench_score.json").write_text(json.dumps(summary, indent=2))
+    return rows
+
+
+def report(rows: list, tokens: int, windows: int, total_windows: int) -> None:
+    print(f"\nscore: WikiText-2 raw test, {windows}/{total_windows} windows, ctx {CTX}, stride "
+          f"{STRIDE}, {tokens} tokens scored; gpt2 124M shape, random weights, "
+          f"{os.cpu_count()} CPUs\n")  # fmt: skip
+    print("| case | tokens/s | speed-up | perplexity | perplexity change |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['what']} | {row['tokens_per_s']:.0f} | {row['speedup']:.2f}x | "
+              f"{row['perplexity']:.4f} | {row['relative_change']:+.2e} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ import numpy as np
 
 from gpt2cli.backends.base import Backend
 from gpt2cli.errors import InputError
+from gpt2cli.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 DEFAULT_BATCH_SIZE = 8
 # Bounds on one forward pass: padded input tokens, and logit rows (each is vocab_size floats).
 MAX_BATCH_TOKENS = 8192
-MAX_LOGIT_ROWS = 2048
+MAX_LOGIT_ROWS = 1024
 MAX_WASTED_ROWS = 0.2  # fraction of projected logit rows that score nothing (padding, context)
 # Logit rows reduced at a time, so temporaries stay small.
 ROW_BLOCK = 128
@@ -240,8 +241,8 @@ def plan_continuation(context: Sequence[int], continuation: Sequence[int], ctx: 
 
 
 def encode_pair(
-    tokenizer, context: str, continuation: str, eos: int | None
-) -> tuple[list[int], list[int]]:  # noqa: ANN001
+    tokenizer: Tokenizer, context: str, continuation: str, eos: int | None
+) -> tuple[list[int], list[int]]:
     """lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the
     pair is encoded whole, and an empty context becomes `<|endoftext|>`."""
     spaces = len(context) - len(context.rstrip())
@@ -418,7 +419,9 @@ def _merge(item: ScoringItem, parts: list[tuple[np.ndarray, _RowScores]]) -> Tok
     )
 
 
-def token_bytes_and_chars(tokenizer, ids: Sequence[int], scored: np.ndarray) -> tuple[int, int]:  # noqa: ANN001
+def token_bytes_and_chars(
+    tokenizer: Tokenizer, ids: Sequence[int], scored: np.ndarray
+) -> tuple[int, int]:
     """UTF-8 bytes of the scored tokens, and characters whose first byte they hold."""
     n_bytes = n_chars = 0
     is_scored = np.zeros(len(ids), dtype=bool)
@@ -431,7 +434,9 @@ def token_bytes_and_chars(tokenizer, ids: Sequence[int], scored: np.ndarray) -> 
     return n_bytes, n_chars
 
 
-def _stats(tokenizer, ids: Sequence[int], tokens: TokenScores, text: str | None) -> Stats:  # noqa: ANN001
+def _stats(
+    tokenizer: Tokenizer, ids: Sequence[int], tokens: TokenScores, text: str | None
+) -> Stats:
     if text is not None and len(tokens.positions) == len(ids):
         n_bytes, n_chars = len(text.encode("utf-8")), len(text)
     else:

@@ -189,3 +189,19 @@ def test_cli_usage_errors(tiny_model_dir, tmp_path, args, message) -> None:  # n
     result = run_cli("embed", "-m", str(tiny_model_dir), "-o", str(tmp_path / "x.npy"), *args, "a")
     assert message in assert_one_line_error(result, 2)
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_onnx_embedding_never_imports_torch(tiny_onnx_dir) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from gpt2cli.cli import run\n"
+        f"code = run(['embed', '-m', {str(tiny_onnx_dir)!r}, '--layer', '1', 'No torch here.'])\n"
+        "assert code == 0, code\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["embedding"]) == 64

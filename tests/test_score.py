@@ -517,3 +517,19 @@ def test_cli_bad_pairs_line(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
     pairs.write_text('{"context": "a", "continuation": "b"}\nnot json\n', encoding="utf-8")
     result = run_cli("score", "-m", str(tiny_model_dir), "--pairs", "-f", str(pairs))
     assert f"{pairs}:2: not JSON" in assert_one_line_error(result, 2)
+
+
+def test_onnx_scoring_never_imports_torch(tiny_onnx_dir) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from gpt2cli.cli import run\n"
+        f"code = run(['score', '-m', {str(tiny_onnx_dir)!r}, '--per-token', 'No torch here.'])\n"
+        "assert code == 0, code\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("text\tposition\tid")
