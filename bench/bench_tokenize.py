@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import chain
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +69,11 @@ def main() -> None:
     source = Source(path, path=path)
 
     def gpt2cli_engine() -> list[int]:
-        return [i for ids in encode_stream(ours, iter_safe_chunks(source, 1 << 18)) for i in ids]
+        return list(chain.from_iterable(encode_stream(ours, iter_safe_chunks(source, 1 << 18))))
 
     def gpt2cli_engine_1thread() -> list[int]:
         chunks = iter_safe_chunks(source, 1 << 18)
-        return [i for ids in encode_stream(ours, chunks, threads=1) for i in ids]
+        return list(chain.from_iterable(encode_stream(ours, chunks, threads=1)))
 
     tk = reference_tiktoken()
     t_tk, ids_tk = best_of(args.runs, lambda: tk.encode_ordinary(text))
