@@ -120,7 +120,7 @@ class GenerationParams:
         greedy_hint = f" (for greedy decoding use {greedy})"
         check(self.temperature > 0, "temperature", positive, greedy_hint)
         check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables top-k)")
-        check(0.0 <= self.top_p <= 1.0, "top_p", "must be between 0 and 1")
+        check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
         check(self.repetition_penalty > 0, "repetition_penalty", positive)
         check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be >= 0")
         check(all(self.stop), "stop", "stop strings must not be empty")

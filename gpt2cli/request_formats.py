@@ -91,6 +91,9 @@ def parse_request(text: str, source: str = "request") -> GenerationRequest:
         raise InputError(
             f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except (ValueError, RecursionError) as exc:  # an over-long integer, or nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InputError(f"{source}: not valid JSON ({reason})") from None
     if not isinstance(body, dict):
         raise InputError(f"{source}: expected a JSON object with 'inputs' or 'input_data'")
     if ("inputs" in body) == ("input_data" in body):
@@ -158,7 +161,10 @@ def _check_type(name: str, value: Any, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif expected is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        try:
+            value = float(value) if ok else value
+        except OverflowError:
+            raise InputError(f"{where}: number out of range") from None
     elif name == "stop":
         if isinstance(value, str):
             value = [value]

@@ -297,16 +297,15 @@ MODEL_CASES = [
         "top-p above 1",
         (*GENERATE, "--do-sample", "--top-p", "1.5", "Hello"),
         2,
-        "--top-p: must be between 0 and 1, got 1.5",
+        "--top-p: must be in (0, 1], got 1.5",
         model="tiny_onnx_dir",
     ),
     Case(
         "top-p 0",
         (*GENERATE, "--do-sample", "--top-p", "0", "Hello"),
         2,
-        "--top-p",
+        "--top-p: must be in (0, 1], got 0.0",
         model="tiny_onnx_dir",
-        xfail="generate accepts --top-p 0 (the range is (0, 1]); reported to the lead",
     ),
     Case(
         "negative max-new-tokens",

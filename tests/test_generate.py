@@ -243,7 +243,7 @@ def test_context_limit_and_left_truncation(tiny_model_dir: Path) -> None:
     ("args", "message"),
     [
         (("--greedy", "-n", "2"), "--num-return-sequences 2 needs sampling (--do-sample)"),
-        (("--top-p", "2"), "--top-p: must be between 0 and 1, got 2.0"),
+        (("--top-p", "2"), "--top-p: must be in (0, 1], got 2.0"),
         (("--temperature", "0"), "--temperature: must be a strictly positive number"),
         (("--max-length", "3"), "argument 1: the prompt is 4 tokens, which leaves nothing"),
         (("--stop", ""), "--stop: stop strings must not be empty"),
