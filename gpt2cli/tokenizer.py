@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import binascii
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from gpt2cli.errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
 
 GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -33,6 +38,10 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def pool(self, threads: int | None = None) -> Executor | None:
+        """A thread pool for encoding chunks in parallel; None where encode_batch does it."""
+        return None
 
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
@@ -76,9 +85,16 @@ class GPT2Tokenizer(Tokenizer):
         return self._encoding.encode_ordinary(text)  # skips the special-token scan
 
     def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
-        threads = threads or os.cpu_count() or 1
-        if len(texts) == 1 or threads == 1:
+        pool = self.pool(threads)
+        if len(texts) == 1 or pool is None:
             return [self.encode(t) for t in texts]
+        return list(pool.map(self.encode, texts))
+
+    def pool(self, threads: int | None = None) -> Executor | None:
+        """The encoder's thread pool, or None for one thread (tiktoken releases the GIL)."""
+        threads = threads or os.cpu_count() or 1
+        if threads == 1:
+            return None
         # One long-lived pool: tiktoken keeps per-thread regex state, so fresh threads for
         # every batch (as its encode_batch does) grow memory by hundreds of MB on big inputs.
         if self._pool is None or self._pool_threads != threads:
@@ -86,7 +102,7 @@ class GPT2Tokenizer(Tokenizer):
 
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gpt2cli-encode")
             self._pool_threads = threads
-        return list(self._pool.map(self.encode, texts))
+        return self._pool
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._encoding.decode_single_token_bytes(token_id)
@@ -178,10 +194,24 @@ class HFTokenizer(Tokenizer):
 def encode_stream(
     tokenizer: Tokenizer, chunks: Iterable[str], threads: int | None = None, batch: int = 16
 ) -> Iterator[list[int]]:
-    """Encode a stream of independently tokenizable chunks, `batch` at a time in parallel."""
+    """Encode a stream of independently tokenizable chunks, in order and in parallel.
+
+    With a thread pool, chunks are submitted as they are read, so reading and splitting the
+    input overlaps with encoding; at most `batch` chunks are in flight (bounded memory).
+    """
+    pool = tokenizer.pool(threads)
     chunks = iter(chunks)
-    while group := list(islice(chunks, batch)):
-        yield from tokenizer.encode_batch(group, threads)
+    if pool is None:
+        while group := list(islice(chunks, batch)):
+            yield from tokenizer.encode_batch(group, threads)
+        return
+    in_flight: deque[Future[list[int]]] = deque()
+    for chunk in chunks:
+        in_flight.append(pool.submit(tokenizer.encode, chunk))
+        if len(in_flight) >= batch:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Tokenizer:
