@@ -140,6 +140,40 @@ def test_tied_embedding_is_stored_once(tiny_onnx_dir: Path) -> None:
     assert (tiny_onnx_dir / "model.onnx_data").is_file()  # mapped at load, not parsed
 
 
+def test_attention_scale_is_folded_so_key_transpose_fuses(
+    tiny_onnx_dir: Path, tmp_path: Path
+) -> None:
+    """Each layer's q @ k^T takes the transposed key directly, and ONNX Runtime fuses the
+    transpose into the matmul instead of transposing the whole key cache every step."""
+    import onnxruntime as ort
+
+    model = graph(tiny_onnx_dir)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    score_matmuls = [
+        n for n in model.graph.node
+        if n.op_type == "MatMul" and producer.get(n.input[1]) is not None
+        and producer[n.input[1]].op_type == "Transpose"
+    ]
+    assert len(score_matmuls) == 2  # the tiny model's two layers
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tiny_onnx_dir / "model.onnx"), options)
+    optimized = graph_file(tmp_path / "optimized.onnx")
+    fused = [n for n in optimized.graph.node if n.op_type == "FusedMatMul"]
+    assert len(fused) == 3  # the two attention scores and the tied vocabulary projection
+    key_transposes = [
+        n for n in optimized.graph.node
+        if n.op_type == "Transpose" and [list(a.ints) for a in n.attribute] == [[0, 1, 3, 2]]
+    ]
+    assert key_transposes == []
+
+
+def graph_file(path: Path):  # noqa: ANN201
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
 def test_export_adds_hidden_states_and_logits_to_keep(tiny_onnx_dir: Path) -> None:
     model = graph(tiny_onnx_dir)
     outputs = [o.name for o in model.graph.output]
