@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,14 +206,34 @@ def check_hidden_layer(info: ModelInfo, hidden_layer: int | None) -> int | None:
     return hidden_layer % count
 
 
+@dataclass(frozen=True)
+class LocatedModel:
+    """A model found and its config read, weights not yet loaded: enough to check options
+    against (context length, generation defaults, layer count) before the slow part."""
+
+    name: str
+    directory: Path
+    backend: str  # "torch" or "onnx", never "auto"
+    info: ModelInfo
+
+
+def locate_model(model: str, backend: str = "auto") -> LocatedModel:
+    """Find `model` (Hub id or directory) and read its config; loads no weights."""
+    backend = str(getattr(backend, "value", backend))
+    directory, chosen = resolve_model(model, backend)
+    config = read_config(directory)
+    return LocatedModel(model, directory, chosen, model_info(directory, model, config))
+
+
 def load_backend(
-    model: str,
+    model: str | LocatedModel,
     backend: str = "auto",
     device: str = "cpu",
     dtype: str = "float32",
     threads: int | None = None,
 ) -> Backend:
-    """Load `model` (Hub id or directory) on the requested backend, device and dtype.
+    """Load `model` (Hub id, directory, or one already located) on the requested backend,
+    device and dtype.
 
     `auto` picks ONNX when the directory holds an ONNX export (model.onnx), PyTorch otherwise.
     """
@@ -223,13 +244,12 @@ def load_backend(
         raise InputError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads: expected a positive number, got {threads}")
-    directory, chosen = resolve_model(model, backend)
-    config = read_config(directory)
-    info = model_info(directory, model, config)
-    if chosen == "onnx":
+    located = model if isinstance(model, LocatedModel) else locate_model(model, backend)
+    directory, info, name = located.directory, located.info, located.name
+    if located.backend == "onnx":
         if not is_onnx_dir(directory):
             raise ModelError(
-                f"{model}: no {ONNX_MODEL} here; create one with `gpt2cli export-onnx {model} DIR`"
+                f"{name}: no {ONNX_MODEL} here; create one with `gpt2cli export-onnx {name} DIR`"
             )
         from gpt2cli.backends.onnx import OnnxBackend
 
@@ -237,7 +257,7 @@ def load_backend(
     if not has_torch_weights(directory):
         hint = " (it holds an ONNX export: use --backend onnx)" if is_onnx_dir(directory) else ""
         raise ModelError(
-            f"{model}: no model.safetensors or pytorch_model.bin: incomplete model directory{hint}"
+            f"{name}: no model.safetensors or pytorch_model.bin: incomplete model directory{hint}"
         )
     from gpt2cli.backends.torch import TorchBackend
 

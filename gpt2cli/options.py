@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+
+def panel_option(*names: str, help: str, panel: str, **kwargs: Any) -> Any:  # noqa: A002
+    """A typer.Option shown under the `panel` heading of the command's help."""
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+
 
 Texts = Annotated[
     list[str] | None,

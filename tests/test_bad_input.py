@@ -271,6 +271,41 @@ MODEL_CASES = [
         model="tiny_model_dir",
         prepare=_remove("config.json"),
     ),
+    # Options that the model's config can refute fail before its weights load: these weights are
+    # broken, so reaching them would give exit 1 and "cannot load the weights" instead.
+    Case(
+        "top-p checked before the weights load",
+        (*GENERATE, "--do-sample", "--top-p", "2", "Hello"),
+        2,
+        "--top-p: must be in (0, 1], got 2.0",
+        model="tiny_model_dir",
+        prepare=_truncate("model.safetensors"),
+    ),
+    Case(
+        "request parameters checked before the weights load",
+        (*GENERATE, "--request", "req.json"),
+        2,
+        "req.json: params.top_k: ",
+        files=_request('{"input_data": ["a"], "params": {"top_k": -3}}'),
+        model="tiny_model_dir",
+        prepare=_truncate("model.safetensors"),
+    ),
+    Case(
+        "embed layer checked before the weights load",
+        ("embed", "-m", "{model}", "--layer", "40", "Hello"),
+        2,
+        "layer 40 is out of range",
+        model="tiny_model_dir",
+        prepare=_truncate("model.safetensors"),
+    ),
+    Case(
+        "score window checked before the weights load",
+        ("score", "-m", "{model}", "--ctx", "5000", "Hello"),
+        2,
+        "--ctx 5000 is longer than the model's context",
+        model="tiny_model_dir",
+        prepare=_truncate("model.safetensors"),
+    ),
     Case(
         "temperature 0 while sampling",
         (*GENERATE, "--do-sample", "--temperature", "0", "Hello"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from enum import Enum
-from typing import IO, Annotated, Any
-
-import typer
+from functools import partial
+from typing import IO, Annotated
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
@@ -37,8 +36,7 @@ class EmbedFormat(str, Enum):
     npy = "npy"
 
 
-def _option(*names: str, help: str, panel: str = FEATURES, **kwargs: Any) -> Any:  # noqa: A002
-    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+_option = partial(options.panel_option, panel=FEATURES)
 
 
 def embed(
@@ -96,16 +94,17 @@ def embed(
     """
     from gpt2cli.embedding import EmbedOptions, embed_encoded, encode_texts
     from gpt2cli.inputs import read_texts, resolve_sources
-    from gpt2cli.loader import check_hidden_layer, load_backend
+    from gpt2cli.loader import check_hidden_layer, load_backend, locate_model
 
     to_stdout = output in (None, "-")
     if output_format is EmbedFormat.npy and to_stdout and sys.stdout.isatty():
         raise InputError("--format npy is binary: give -o PATH or redirect stdout")
     resolve_sources(texts, files)  # fail on missing input before loading the model
     inputs = read_texts(texts, files, lines=lines, replace_invalid=replace_invalid)
-    engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
+    located = locate_model(model or DEFAULT_MODEL, backend)
     if layer is not None:
-        check_hidden_layer(engine.info, layer)
+        check_hidden_layer(located.info, layer)  # before the weights load
+    engine = load_backend(located, backend, device, dtype, threads)
     settings = EmbedOptions(layer, pooling.value, normalize, truncate, batch_size)
     sources = [t.source for t in inputs]
     # Tokenize everything first, so a text that is too long fails before any output.

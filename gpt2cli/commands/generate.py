@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from enum import Enum
+from functools import partial
 from typing import IO, Annotated, Any
-
-import typer
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
@@ -34,8 +33,7 @@ class Truncate(str, Enum):
     left = "left"
 
 
-def _option(*names: str, help: str, panel: str = GENERATION, **kwargs: Any) -> Any:  # noqa: A002
-    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False, **kwargs)
+_option = partial(options.panel_option, panel=GENERATION, show_default=False)
 
 
 def generate(
@@ -179,7 +177,7 @@ def generate(
         return
 
     from gpt2cli.inputs import iter_texts, resolve_sources
-    from gpt2cli.loader import load_backend
+    from gpt2cli.loader import load_backend, locate_model
 
     fmt = output_format or OutputFormat.text
     if fmt != OutputFormat.text and separator is not None:
@@ -187,10 +185,11 @@ def generate(
     if stream and output not in (None, "-"):
         raise InputError("--stream writes to stdout, not to -o")
     sources = resolve_sources(texts, files)  # fail on missing input before loading the model
-    engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
-    params = GenerationParams.resolve(
-        engine.info.generation_defaults, overrides, eos_token_id=engine.info.eos_token_id
+    located = locate_model(model or DEFAULT_MODEL, backend)
+    params = GenerationParams.resolve(  # bad parameters fail before the weights load
+        located.info.generation_defaults, overrides, eos_token_id=located.info.eos_token_id
     )
+    engine = load_backend(located, backend, device, dtype, threads)
     if separator is None:
         single = len(sources) == 1 and not lines and params.num_return_sequences == 1
         separator = "\n" if single else "\n---\n"
@@ -330,17 +329,18 @@ def _answer_request(request_path: str, overrides: dict[str, Any], return_full_te
                     replace_invalid: bool, output: str | None, force: bool) -> None:
     from gpt2cli.decoding import GenerationParams, cli_name
     from gpt2cli.inputs import Text, read_texts
-    from gpt2cli.loader import load_backend
+    from gpt2cli.loader import load_backend, locate_model
     from gpt2cli.request_formats import parse_request
 
     (body,) = read_texts(None, [request_path], replace_invalid=replace_invalid)
     request = parse_request(body.text, body.source)
-    engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
+    located = locate_model(model or DEFAULT_MODEL, backend)
     merged = {**overrides, **request.parameters}
     params = GenerationParams.resolve(
-        engine.info.generation_defaults, merged, eos_token_id=engine.info.eos_token_id,
+        located.info.generation_defaults, merged, eos_token_id=located.info.eos_token_id,
         name=lambda k: request.field(k) if k in request.parameters else cli_name(k),
     )
+    engine = load_backend(located, backend, device, dtype, threads)
     full_text = next(v for v in (request.return_full_text, return_full_text, True) if v is not None)
     prompts = [Text(text, request.prompt_source(i)) for i, text in enumerate(request.prompts)]
     texts: list[list[str]] = [[] for _ in prompts]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import IO, Annotated, Any
-
-import typer
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
@@ -18,8 +17,7 @@ MEASURE = "Measurement"
 OUTPUT = "Output"
 
 
-def _option(*names: str, help: str, panel: str = MEASURE, **kwargs: Any) -> Any:  # noqa: A002
-    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+_option = partial(options.panel_option, panel=MEASURE)
 
 
 def score(
@@ -104,7 +102,7 @@ def score(
     """
     from gpt2cli import scoring
     from gpt2cli.inputs import read_texts, resolve_sources
-    from gpt2cli.loader import load_backend
+    from gpt2cli.loader import load_backend, locate_model
 
     modes = [name for name, on in (("--per-token", per_token), ("--show", show)) if on]
     if as_json and as_jsonl:
@@ -127,8 +125,8 @@ def score(
         scoring.check_window(ctx, stride)  # before the model loads
     resolve_sources(texts, files)  # fail on missing input before loading the model
     inputs = read_texts(texts, files, lines=lines or pairs, replace_invalid=replace_invalid)
-    engine = load_backend(model or DEFAULT_MODEL, backend, device, dtype, threads)
-    window = ctx if ctx is not None else engine.info.n_positions
+    located = locate_model(model or DEFAULT_MODEL, backend)
+    window = ctx if ctx is not None else located.info.n_positions
     settings = scoring.ScoreOptions(
         ctx=window,
         stride=stride if stride is not None else max(1, window // 2),
@@ -137,6 +135,8 @@ def score(
         greedy=conditional,
         batch_size=batch_size,
     )
+    scoring.check_window(settings.ctx, settings.stride, located.info.n_positions)  # before loading
+    engine = load_backend(located, backend, device, dtype, threads)
     progress = _Progress() if show_progress() else None
     if conditional:
         pair_list = (
