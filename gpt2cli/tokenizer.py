@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 from gpt2cli.errors import InputError, ModelError
@@ -85,8 +85,8 @@ class GPT2Tokenizer(Tokenizer):
         return self._encoding.encode_ordinary(text)  # skips the special-token scan
 
     def encode_batch(self, texts: Sequence[str], threads: int | None = None) -> list[list[int]]:
-        pool = self.pool(threads)
-        if len(texts) == 1 or pool is None:
+        pool = self.pool(threads) if len(texts) > 1 else None
+        if pool is None:
             return [self.encode(t) for t in texts]
         return list(pool.map(self.encode, texts))
 
@@ -199,8 +199,13 @@ def encode_stream(
     With a thread pool, chunks are submitted as they are read, so reading and splitting the
     input overlaps with encoding; at most `batch` chunks are in flight (bounded memory).
     """
-    pool = tokenizer.pool(threads)
     chunks = iter(chunks)
+    first = list(islice(chunks, 2))
+    if len(first) < 2:  # a short text: no thread pool to start
+        yield from (tokenizer.encode(chunk) for chunk in first)
+        return
+    chunks = chain(first, chunks)
+    pool = tokenizer.pool(threads)
     if pool is None:
         while group := list(islice(chunks, batch)):
             yield from tokenizer.encode_batch(group, threads)
