@@ -168,6 +168,54 @@ def test_attention_scale_is_folded_so_key_transpose_fuses(
     assert key_transposes == []
 
 
+def sdpa_scores_graph():  # noqa: ANN201
+    """q @ k^T as torch's SDPA decomposition exports it: both sides scaled by head_dim ** -0.25."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def tensor(name: str, length: int):  # noqa: ANN202
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2, length, 64])
+
+    nodes = [
+        helper.make_node("Sqrt", ["inverse_sqrt_dim"], ["root"]),
+        helper.make_node("Mul", ["q", "root"], ["q_scaled"]),
+        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("Sqrt", ["inverse_sqrt_dim"], ["root_2"]),
+        helper.make_node("Mul", ["k_t", "root_2"], ["k_t_scaled"]),
+        helper.make_node("MatMul", ["q_scaled", "k_t_scaled"], ["scores"]),
+    ]
+    scale = numpy_helper.from_array(np.array(1 / 8, dtype=np.float32), "inverse_sqrt_dim")
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2, 3, 5])
+    body = helper.make_graph(nodes, "scores", [tensor("q", 3), tensor("k", 5)], [scores], [scale])
+    return helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_attention_scale_fold_keeps_the_scores(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from gpt2cli.exporting import fold_attention_scale
+
+    config = {"n_embd": 128, "n_head": 2}
+    assert fold_attention_scale(sdpa_scores_graph(), {**config, "scale_attn_weights": False}) == 0
+    assert fold_attention_scale(
+        sdpa_scores_graph(), {**config, "scale_attn_by_inverse_layer_idx": True}
+    ) == 0
+    folded = sdpa_scores_graph()
+    assert fold_attention_scale(folded, config) == 1
+    assert [n.op_type for n in folded.graph.node] == ["Mul", "Transpose", "MatMul"]
+    assert fold_attention_scale(folded, config) == 0  # nothing left to fold
+
+    rng = np.random.default_rng(0)
+    feeds = {
+        "q": rng.standard_normal((1, 2, 3, 64), dtype=np.float32),
+        "k": rng.standard_normal((1, 2, 5, 64), dtype=np.float32),
+    }
+    expected = feeds["q"] @ feeds["k"].transpose(0, 1, 3, 2) / 8
+    for model in (sdpa_scores_graph(), folded):
+        cpu = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(model.SerializeToString(), providers=cpu)
+        np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=1e-5, atol=1e-5)
+
+
 def graph_file(path: Path):  # noqa: ANN201
     import onnx
 
