@@ -286,6 +286,9 @@ def tie_embedding(model: Any) -> bool:
     return False
 
 
+SCALE_NAME = "gpt2cli/attention_scale"
+
+
 def fold_attention_scale(model: Any, config: dict[str, Any]) -> int:
     """Scale only the query by 1/sqrt(head_dim), not query and transposed key by its root each.
 
@@ -321,14 +324,12 @@ def fold_attention_scale(model: Any, config: dict[str, Any]) -> int:
             or len(query_scale) != 1
         ):
             continue
-        head_dim = _head_dim(config)
-        name = f"gpt2cli/attention_scale_{changed}"
-        scale = np.array(1.0 / np.sqrt(head_dim), dtype=np.float32)
-        graph.initializer.append(numpy_helper.from_array(scale, name))
-        query_mul.input[query_scale[0]] = name
+        query_mul.input[query_scale[0]] = SCALE_NAME
         matmul.input[1] = transpose.output[0]
         changed += 1
     if changed:
+        scale = np.array(1.0 / np.sqrt(_head_dim(config)), dtype=np.float32)
+        graph.initializer.append(numpy_helper.from_array(scale, SCALE_NAME))
         _remove_unused_nodes(graph)
     return changed
 
