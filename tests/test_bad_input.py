@@ -7,38 +7,23 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests import rows_cli, rows_limits, rows_models, rows_outputs
+from tests.badinput import Case, remove, request, truncate
 from tests.clirun import Result, assert_one_line_error
 
 GPT2CLI = str(Path(sys.executable).parent / "gpt2cli")
 ONE_LINE_MB = 50
-
-
-@dataclass(frozen=True)
-class Case:
-    """One row. `args` may name {work} (the case's own directory) and {model} (a copy there of
-    the model fixture named by `model`)."""
-
-    id: str
-    args: tuple[str, ...]
-    code: int
-    message: str = ""  # a substring of the one error line; success rows have none
-    stdin: bytes = b""
-    files: dict[str, bytes] = field(default_factory=dict)
-    model: str | None = None  # a conftest fixture giving a model directory
-    prepare: Callable[[Path], None] | None = None  # damage or add files in the work directory
-    stdout: bytes | None = None  # the exact output of a success row
-    max_rss_mb: int | None = None
-    unreadable: tuple[str, ...] = ()  # chmod 000 these and run without root's file override
-    xfail: str = ""  # a known failure in another part of the tool, with who was told
 
 
 def _write_one_line(work: Path) -> None:
@@ -171,23 +156,6 @@ INPUT_CASES = [
 ]
 
 
-def _truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
-    def prepare(work: Path) -> None:
-        path = work / "model" / name
-        with open(path, "r+b") as f:
-            f.truncate(int(path.stat().st_size * keep))
-
-    return prepare
-
-
-def _remove(name: str) -> Callable[[Path], None]:
-    return lambda work: (work / "model" / name).unlink()
-
-
-def _request(body: str) -> dict[str, bytes]:
-    return {"req.json": body.encode()}
-
-
 # Rows whose outcome does not depend on the backend use the ONNX model: it starts in about a
 # second, against several for anything that imports torch.
 GENERATE = ("generate", "-m", "{model}")
@@ -198,7 +166,7 @@ MODEL_CASES = [
         (*GENERATE, "--request", "req.json"),
         2,
         "req.json: not valid JSON (line 1, column 21: Expecting value)",
-        files=_request('{"input_data": ["a",]}'),
+        files=request('{"input_data": ["a",]}'),
         model="tiny_onnx_dir",
     ),
     Case(
@@ -206,7 +174,7 @@ MODEL_CASES = [
         (*GENERATE, "--request", "req.json"),
         2,
         "req.json: inputs: expected an object with 'input_string'",
-        files=_request('{"inputs": ["My name is"]}'),
+        files=request('{"inputs": ["My name is"]}'),
         model="tiny_onnx_dir",
     ),
     Case(
@@ -222,7 +190,7 @@ MODEL_CASES = [
         (*GENERATE, "--request", "req.json"),
         2,
         "req.json: params.beam_width: unknown parameter",
-        files=_request('{"input_data": ["Once"], "params": {"beam_width": 4}}'),
+        files=request('{"input_data": ["Once"], "params": {"beam_width": 4}}'),
         model="tiny_onnx_dir",
     ),
     Case(
@@ -238,7 +206,7 @@ MODEL_CASES = [
         (*GENERATE, "--request", "req.json"),
         2,
         'req.json: parameters.max_length: expected an integer, got the string "30"',
-        files=_request('{"inputs": {"input_string": ["a"]}, "parameters": {"max_length": "30"}}'),
+        files=request('{"inputs": {"input_string": ["a"]}, "parameters": {"max_length": "30"}}'),
         model="tiny_onnx_dir",
     ),
     Case(
@@ -261,7 +229,7 @@ MODEL_CASES = [
         1,
         "cannot load the weights",
         model="tiny_model_dir",
-        prepare=_truncate("model.safetensors"),
+        prepare=truncate("model.safetensors"),
     ),
     Case(
         "missing config.json",
@@ -269,7 +237,7 @@ MODEL_CASES = [
         1,
         "no config.json; not a model directory, or incomplete",
         model="tiny_model_dir",
-        prepare=_remove("config.json"),
+        prepare=remove("config.json"),
     ),
     # Options that the model's config can refute fail before its weights load: these weights are
     # broken, so reaching them would give exit 1 and "cannot load the weights" instead.
@@ -279,16 +247,16 @@ MODEL_CASES = [
         2,
         "--top-p: must be in (0, 1], got 2.0",
         model="tiny_model_dir",
-        prepare=_truncate("model.safetensors"),
+        prepare=truncate("model.safetensors"),
     ),
     Case(
         "request parameters checked before the weights load",
         (*GENERATE, "--request", "req.json"),
         2,
         "req.json: params.top_k: ",
-        files=_request('{"input_data": ["a"], "params": {"top_k": -3}}'),
+        files=request('{"input_data": ["a"], "params": {"top_k": -3}}'),
         model="tiny_model_dir",
-        prepare=_truncate("model.safetensors"),
+        prepare=truncate("model.safetensors"),
     ),
     Case(
         "embed layer checked before the weights load",
@@ -296,7 +264,7 @@ MODEL_CASES = [
         2,
         "layer 40 is out of range",
         model="tiny_model_dir",
-        prepare=_truncate("model.safetensors"),
+        prepare=truncate("model.safetensors"),
     ),
     Case(
         "score window checked before the weights load",
@@ -304,7 +272,7 @@ MODEL_CASES = [
         2,
         "--ctx 5000 is longer than the model's context",
         model="tiny_model_dir",
-        prepare=_truncate("model.safetensors"),
+        prepare=truncate("model.safetensors"),
     ),
     Case(
         "temperature 0 while sampling",
@@ -325,7 +293,7 @@ MODEL_CASES = [
         (*GENERATE, "--request", "req.json"),
         2,
         "req.json: params.temperature: must be a strictly positive number",
-        files=_request('{"input_data": ["a"], "params": {"temperature": 0, "do_sample": true}}'),
+        files=request('{"input_data": ["a"], "params": {"temperature": 0, "do_sample": true}}'),
         model="tiny_onnx_dir",
     ),
     Case(
@@ -444,7 +412,7 @@ OTHER_COMMAND_CASES = [
         1,
         "model.onnx: cannot load the ONNX model",
         model="tiny_onnx_dir",
-        prepare=_truncate("model.onnx"),
+        prepare=truncate("model.onnx"),
     ),
     Case(
         "truncated model.onnx (score)",
@@ -453,7 +421,7 @@ OTHER_COMMAND_CASES = [
         "model.onnx: cannot load the ONNX model",
         files=TEXT,
         model="tiny_onnx_dir",
-        prepare=_truncate("model.onnx"),
+        prepare=truncate("model.onnx"),
     ),
     Case(
         "truncated model.onnx_data (the external weights)",
@@ -461,7 +429,7 @@ OTHER_COMMAND_CASES = [
         1,
         "model.onnx: cannot load the ONNX model",
         model="tiny_onnx_dir",
-        prepare=_truncate("model.onnx_data"),
+        prepare=truncate("model.onnx_data"),
     ),
     Case(
         "missing model.onnx_data",
@@ -469,7 +437,7 @@ OTHER_COMMAND_CASES = [
         1,
         "model.onnx: cannot load the ONNX model",
         model="tiny_onnx_dir",
-        prepare=_remove("model.onnx_data"),
+        prepare=remove("model.onnx_data"),
     ),
     Case(
         "ONNX directory without config.json",
@@ -477,7 +445,7 @@ OTHER_COMMAND_CASES = [
         1,
         "no config.json; not a model directory, or incomplete",
         model="tiny_onnx_dir",
-        prepare=_remove("config.json"),
+        prepare=remove("config.json"),
     ),
     Case(
         "export-onnx: existing OUTDIR without --force",
@@ -493,7 +461,7 @@ OTHER_COMMAND_CASES = [
         1,
         "ONNX export failed",
         model="tiny_model_dir",
-        prepare=_truncate("model.safetensors"),
+        prepare=truncate("model.safetensors"),
     ),
     Case(
         "export-onnx: source without config.json",
@@ -501,7 +469,7 @@ OTHER_COMMAND_CASES = [
         1,
         "no config.json; not a model directory, or incomplete",
         model="tiny_model_dir",
-        prepare=_remove("config.json"),
+        prepare=remove("config.json"),
     ),
     Case(
         "export-onnx: unknown model id while offline",
@@ -511,21 +479,36 @@ OTHER_COMMAND_CASES = [
     ),
 ]
 
-CASES = INPUT_CASES + MODEL_CASES + OTHER_COMMAND_CASES
+CASES = (
+    INPUT_CASES
+    + MODEL_CASES
+    + OTHER_COMMAND_CASES
+    + rows_outputs.CASES
+    + rows_limits.CASES
+    + rows_models.CASES
+    + rows_cli.CASES
+)
 
 
 def _snapshot(directory: Path) -> dict[str, str]:
-    """Every file below `directory` (hidden and temporary ones included) with its content hash."""
+    """Every entry below `directory` (hidden and temporary ones included): a file's content hash,
+    a symlink's target, or the kind of a directory, FIFO or device."""
     files = {}
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and not path.is_symlink():
+        name = str(path.relative_to(directory))
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            files[name] = "symlink to " + os.readlink(path)
+        elif stat.S_ISREG(mode):
             try:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
             except PermissionError:
                 digest = "unreadable"
-            files[str(path.relative_to(directory))] = digest
-        elif path.is_dir():
-            files[str(path.relative_to(directory)) + "/"] = "dir"
+            files[name] = digest
+        elif stat.S_ISDIR(mode):
+            files[name + "/"] = "dir"
+        else:
+            files[name] = f"special file, mode {stat.S_IFMT(mode):o}"
     return files
 
 
@@ -547,6 +530,7 @@ def _can_drop_file_override() -> bool:
 class Outcome:
     result: Result
     rss_mb: int  # the command's own peak RSS, where GNU time can measure it
+    seconds: float  # wall-clock time of the command
     before: dict[str, str]  # the work directory before and after
     after: dict[str, str]
 
@@ -571,6 +555,7 @@ def _prepare(case: Case, root: Path, model: Path | None) -> tuple[Path, dict[str
         "HF_HOME": str(hf_home),
         "HF_HUB_OFFLINE": "1",
         "NO_COLOR": "1",
+        **case.env,
     }
     return work, env
 
@@ -579,21 +564,29 @@ def _execute(case: Case, root: Path, model: Path | None) -> Outcome:
     """Run the case through the console script."""
     work, env = _prepare(case, root, model)
     before = _snapshot(work)
-    args = [
-        a.replace("{work}", str(work)).replace("{model}", str(work / "model")) for a in case.args
-    ]
+
+    def fill(arg: str) -> str:
+        return arg.replace("{work}", str(work)).replace("{model}", str(work / "model"))
+
+    args = [fill(a) for a in case.args]
     prefix = DROP_FILE_OVERRIDE if case.unreadable and os.geteuid() == 0 else []
     rss_file = root / "rss-kb"
     if case.max_rss_mb and GNU_TIME:
         # A child of this (large) test process would count its pre-exec pages in its peak RSS;
         # GNU time starts it from a small process and reports its own peak.
         prefix = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *prefix]
+    command = [*prefix, GPT2CLI, *args]
+    if case.shell is not None:
+        command = ["bash", "-c", fill(case.shell)]
+        env = {**env, "GPT2CLI": GPT2CLI}
+    started = time.monotonic()
     proc = subprocess.run(
-        [*prefix, GPT2CLI, *args], input=case.stdin, capture_output=True, cwd=work, env=env
+        command, input=case.stdin, capture_output=True, cwd=work, env=env, timeout=case.timeout
     )
+    seconds = time.monotonic() - started
     rss_mb = int(rss_file.read_text().split()[-1]) // 1024 if rss_file.exists() else 0
     result = Result(proc.returncode, proc.stdout, proc.stderr)
-    return Outcome(result, rss_mb, before, _snapshot(work))
+    return Outcome(result, rss_mb, seconds, before, _snapshot(work))
 
 
 @pytest.fixture(scope="module")
@@ -646,4 +639,13 @@ def test_bad_input(case: Case, outcomes: dict[str, Future[Outcome]]) -> None:
         assert len(line) < 600, "one clear line, not a dump"
     if case.max_rss_mb and GNU_TIME:
         assert 0 < outcome.rss_mb < case.max_rss_mb, f"peak RSS {outcome.rss_mb} MB"
-    assert outcome.after == outcome.before, "files were changed or left behind"
+    if case.max_seconds is not None:
+        assert outcome.seconds < case.max_seconds, f"took {outcome.seconds:.1f} s"
+    expected = dict(outcome.before)
+    for name, content in case.writes.items():
+        if content is None:
+            assert name in outcome.after, f"{name} was not written"
+            expected[name] = outcome.after[name]
+        else:
+            expected[name] = hashlib.sha256(content).hexdigest()
+    assert outcome.after == expected, "files were changed or left behind"
