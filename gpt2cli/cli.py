@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
-import re
 import signal
+import stat
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,8 +18,8 @@ from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.generate import generate
 from gpt2cli.commands.score import score
 from gpt2cli.commands.tokenize import tokenize
-from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError
-from gpt2cli.outputs import Settings, color_allowed
+from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, InputError
+from gpt2cli.outputs import Settings, color_allowed, escape_controls
 
 app = typer.Typer(
     name="gpt2cli",
@@ -77,14 +79,9 @@ def _take_global_flags(args: list[str]) -> list[str]:
     return args
 
 
-# Line breaks and terminal controls: messages quote file names and JSON keys, which may hold them.
-_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def _error(message: str) -> None:
     """The error as one line on stderr, with control characters shown escaped."""
-    message = _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], message)
-    print(f"gpt2cli: error: {message}", file=sys.stderr)
+    print(f"gpt2cli: error: {escape_controls(message)}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -93,11 +90,37 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _is_closed_pipe(exc: BaseException) -> bool:
+    """A write to a reader that went away (`| head -1`), however the writer reports it: numpy,
+    for one, turns EPIPE into a plain OSError ("4096 requested and 0 written")."""
+    if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == errno.EPIPE:
+        return True
+    if isinstance(exc, OSError) and exc.errno is None:
+        try:
+            return _stdout_reader_gone()
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe with no reader left."""
+    import select
+
+    fd = sys.stdout.fileno()
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLERR)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
 def run(args: list[str]) -> int:
     """Run the app on `args` and map every outcome to an exit code."""
     if not args:
         args = ["--help"]
     try:
+        args = check_argument_encoding(args)
         result = app(args=args, prog_name="gpt2cli", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except CliError as exc:
@@ -107,10 +130,10 @@ def run(args: list[str]) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        _silence_stdout()
-        return EXIT_FAILURE
     except Exception as exc:
+        if _is_closed_pipe(exc):
+            _silence_stdout()
+            return EXIT_FAILURE
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # a Click usage error
             _error(exc.format_message().replace("\n", " "))
             return int(getattr(exc, "exit_code", EXIT_USAGE))
@@ -120,6 +143,113 @@ def run(args: list[str]) -> int:
             raise
         _error(f"{type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
         return EXIT_FAILURE
+
+
+# Parameters that name files or models: any bytes the file system allows are fine there.
+PATH_PARAMETERS = frozenset({"files", "output", "model", "request", "outdir"})
+
+
+def check_argument_encoding(args: list[str]) -> list[str]:
+    """Refuse command-line text that is not valid UTF-8 (Python hands it over as lone
+    surrogates), naming the argument; with --replace-invalid, substitute U+FFFD instead.
+    File and model paths are left alone: a file name may be any bytes."""
+    bad = [i for i, arg in enumerate(args) if _has_surrogates(arg)]
+    if not bad:
+        return args
+    command, names = _parameter_names(args)
+    replace = "--replace-invalid" in args[: args.index("--")] if "--" in args else (
+        "--replace-invalid" in args
+    )
+    fixed = list(args)
+    for index in bad:
+        name, is_path = names.get(index, (f"argument {index + 1}", False))
+        if is_path:
+            continue
+        if replace:
+            fixed[index] = _replace_invalid(args[index])
+            continue
+        value = args[index]
+        if value.startswith("-") and "=" in value and not name.startswith(("text", "argument")):
+            value = value.partition("=")[2]  # --stop=VALUE: count from the value
+        raw = value.encode("utf-8", "surrogateescape") if _is_escaped(value) else None
+        where = ""
+        if raw is not None:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = f" at byte offset {exc.start}"
+        what = "invalid UTF-8" if raw is not None else "a lone surrogate"
+        hint = " (pass --replace-invalid to substitute U+FFFD)" if command != "export-onnx" else ""
+        raise InputError(f"{name}: {what}{where}{hint}")
+    return fixed
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _is_escaped(text: str) -> bool:
+    """Whether the surrogates are all surrogateescape's (undecodable bytes), not real ones."""
+    return all(not "\ud800" <= ch <= "\udfff" or "\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _replace_invalid(text: str) -> str:
+    if _is_escaped(text):
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _parameter_names(args: list[str]) -> tuple[str | None, dict[int, tuple[str, bool]]]:
+    """The subcommand, and for each argument index that is a value: how to name it and
+    whether it is a path."""
+    group = typer.main.get_command(app)
+    position = 0
+    while position < len(args) and args[position].startswith("-"):
+        position += 1  # global flags before the subcommand take no values
+    if position >= len(args):
+        return None, {}
+    command = getattr(group, "commands", {}).get(args[position])
+    if command is None:
+        return args[position], {}
+    options: dict[str, Any] = {}
+    arguments: list[Any] = []
+    for param in command.params:
+        if param.param_type_name == "option":
+            for opt in (*param.opts, *param.secondary_opts):
+                options[opt] = param
+        else:
+            arguments.append(param)
+    names: dict[int, tuple[str, bool]] = {}
+    index = position + 1
+    argument_number = 0
+    only_arguments = False
+    while index < len(args):
+        arg = args[index]
+        if not only_arguments and arg == "--":
+            only_arguments = True
+        elif not only_arguments and arg.startswith("-") and len(arg) > 1:
+            flag, _, value = arg.partition("=")
+            param = options.get(flag)
+            if param is not None and not getattr(param, "is_flag", False):
+                name = flag
+                is_path = param.name in PATH_PARAMETERS
+                if value or "=" in arg:
+                    names[index] = (name, is_path)
+                else:
+                    index += 1
+                    names[index] = (name, is_path)
+            elif param is None:
+                names[index] = (f"option {flag}", False)
+        else:
+            argument_number += 1
+            param = arguments[0] if len(arguments) == 1 else (
+                arguments[argument_number - 1] if argument_number <= len(arguments) else None
+            )
+            is_path = param is not None and param.name in PATH_PARAMETERS
+            label = "text" if param is not None and param.name == "texts" else "argument"
+            names[index] = (f"{label} {argument_number}", is_path)
+        index += 1
+    return command.name, names
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -140,11 +270,48 @@ def _unraisable(hook: object) -> None:
     sys.__unraisablehook__(hook)
 
 
+class _ClosedStdout:
+    """Stands in for a stdout that was closed (`>&-`): commands that write elsewhere (-o, an
+    export directory) still work, and writing results is one clear error."""
+
+    encoding = "utf-8"
+
+    def __init__(self) -> None:
+        self.buffer = self
+
+    def write(self, data: object) -> int:
+        raise CliError("stdout is closed: nothing to write the results to (give -o FILE)")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+
+def _standard_streams() -> None:
+    """UTF-8 on stdout whatever the locale (as `cat` passes bytes through), escapes for what
+    stderr cannot show, and stand-ins for closed descriptors."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()  # type: ignore[assignment]
+    elif isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.encoding.lower() != "utf-8":
+        sys.stdout.reconfigure(encoding="utf-8")
+    if sys.stderr is None:
+        # Otherwise print(file=sys.stderr) would write diagnostics to stdout.
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    elif isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """Console-script entry point."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     sys.unraisablehook = _unraisable
+    _standard_streams()
     if not color_allowed():
         # Rich (help screens) keeps bold under NO_COLOR; as a non-terminal it writes no codes.
         os.environ.setdefault("TTY_COMPATIBLE", "0")
@@ -152,7 +319,9 @@ def main() -> None:
         code = run(_take_global_flags(sys.argv[1:]))
         try:
             sys.stdout.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not _is_closed_pipe(exc):
+                raise
             _silence_stdout()
             code = code or EXIT_FAILURE
     except KeyboardInterrupt:  # outside the app: while parsing flags or flushing

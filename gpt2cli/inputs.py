@@ -38,6 +38,8 @@ class Source:
 
     def open(self) -> BinaryIO:
         if self.path == STDIN:
+            if sys.stdin is None:  # started with stdin closed (`<&-`)
+                raise InputError(f"{self.name}: stdin is closed")
             return sys.stdin.buffer
         assert self.path is not None
         try:

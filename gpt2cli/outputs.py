@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 import sys
@@ -36,10 +37,36 @@ def use_color(stream: IO[str] | None = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+# Line breaks and terminal controls (C0, DEL, C1, and Unicode's line and paragraph separators):
+# diagnostics quote file names, model directories and JSON keys, which may hold any of them.
+# Lone surrogates stand for bytes that were not UTF-8 (a file name given as raw bytes).
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# In a view of the text itself, line breaks and tabs are layout and stay.
+_CONTROL_CHARS_BUT_LAYOUT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for an undecodable byte
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(match.group())[1:-1]
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line, its control characters shown as escapes (ESC as \\x1b, newline
+    as \\n), so that no user-controlled name can move the cursor or retitle the terminal."""
+    return _CONTROL_CHARS.sub(_escaped, text)
+
+
+def visible_controls(text: str) -> str:
+    """`text` for display: controls other than newline and tab shown as escapes."""
+    return _CONTROL_CHARS_BUT_LAYOUT.sub(_escaped, text)
+
+
 def log(message: str) -> None:
-    """A diagnostic line on stderr, unless --quiet."""
-    if not Settings.quiet:
-        print(f"gpt2cli: {message}", file=sys.stderr, flush=True)
+    """A diagnostic line on stderr, unless --quiet; control characters shown escaped."""
+    if not Settings.quiet and sys.stderr is not None:
+        print(f"gpt2cli: {escape_controls(message)}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:

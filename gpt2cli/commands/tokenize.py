@@ -14,7 +14,7 @@ import typer
 from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.inputs import Text, iter_safe_chunks, iter_texts, resolve_sources
-from gpt2cli.outputs import escape_piece, to_json, use_color
+from gpt2cli.outputs import escape_piece, to_json, use_color, visible_controls
 from gpt2cli.tokenizer import Tokenizer, encode_stream, load_tokenizer, token_offsets
 
 CHUNK_CHARS = 1 << 16  # one unit of parallel work in a streamed text (64K chars measured best)
@@ -177,18 +177,20 @@ _BACKGROUNDS = ("48;5;153", "48;5;223", "48;5;194", "48;5;225", "48;5;230")
 
 
 def _render_boundaries(tokenizer: Tokenizer, text: str, color: bool) -> str:
-    """The text with alternating colours per token (or '|' between tokens without colour)."""
+    """The text with alternating colours per token (or '|' between tokens without colour).
+
+    Terminal controls in the text (ESC, BEL, CR, ...) are shown as escapes, never sent raw."""
     segments: list[str] = []
     pending = b""
     for token_id in tokenizer.encode(text):
         pending += tokenizer.token_bytes(token_id)
         try:
-            segments.append(pending.decode("utf-8"))
+            segments.append(visible_controls(pending.decode("utf-8")))
             pending = b""
         except UnicodeDecodeError:
             continue  # a partial character: join it with the next token
     if pending:
-        segments.append(pending.decode("utf-8", errors="replace"))
+        segments.append(visible_controls(pending.decode("utf-8", errors="replace")))
     if not color:
         return "|".join(segments)
     coloured = [
