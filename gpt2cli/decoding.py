@@ -145,11 +145,39 @@ class GenerationParams:
 
 def apply_repetition_penalty(logits: np.ndarray, history: np.ndarray, penalty: float) -> None:
     """transformers' RepetitionPenaltyLogitsProcessor: every token in `history` (B, n) is made
-    less likely once (logit / penalty if positive, * penalty if negative)."""
+    less likely once (logit / penalty if positive, * penalty if negative).
+
+    float32 as transformers does; a row where that overflows (a penalty near 0 makes a seen
+    logit +inf) is redone in float64 and shifted by its maximum, which leaves its softmax and
+    argmax unchanged, so the likeliest seen token stays ahead of the others instead of tying
+    with them at +inf.
+    """
     seen = np.take_along_axis(logits, history, axis=1)
-    penalty32 = np.float32(penalty)
-    penalised = np.where(seen < 0, seen * penalty32, seen / penalty32)
+    with np.errstate(all="ignore"):
+        penalty32 = np.float32(penalty)
+        penalised = np.where(seen < 0, seen * penalty32, seen / penalty32)
+    broken = np.isnan(penalised) | np.isposinf(penalised)
     np.put_along_axis(logits, history, penalised, axis=1)
+    for row in np.flatnonzero(broken.any(axis=1)):
+        logits[row] = _penalised_row64(logits[row], seen[row], history[row], penalty)
+
+
+def _penalised_row64(row: np.ndarray, seen: np.ndarray, history: np.ndarray, penalty: float):
+    """One row's repetition penalty in float64, shifted so that its maximum is 0."""
+    values = row.astype(np.float64)
+    seen64 = seen.astype(np.float64)
+    with np.errstate(all="ignore"):
+        penalised = np.where(seen64 < 0, seen64 * penalty, seen64 / penalty)
+        if np.isposinf(penalised).any():
+            # Over float64's range: the largest seen logit beats every other token by more than
+            # exp can tell apart, so the distribution is one-hot there (ties share it).
+            best = seen64[np.isposinf(penalised)].max()
+            values[:] = -np.inf
+            values[history[seen64 == best]] = 0.0
+            return values.astype(np.float32)
+        values[history] = penalised
+        values -= values.max()
+        return values.astype(np.float32)  # far below the maximum becomes -inf: probability 0
 
 
 class NGramIndex:
@@ -268,8 +296,15 @@ def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray | None:
 
 
 def softmax64(values: np.ndarray) -> np.ndarray:
-    """Softmax in float64 (exp of -inf is 0)."""
-    shifted = values.astype(np.float64) - float(values.max())
+    """Softmax in float64 (exp of -inf is 0). A row with no finite maximum (+inf logits, or
+    every token suppressed) gives the +inf tokens, or all tokens, equal shares instead of NaN."""
+    top = float(values.max())
+    if not np.isfinite(top):
+        winners = values == np.inf
+        if not winners.any():
+            winners = np.ones(values.shape[0], dtype=bool)
+        return winners / float(winners.sum())
+    shifted = values.astype(np.float64) - top
     probs = np.exp(shifted)
     probs /= probs.sum()
     return probs
@@ -297,6 +332,24 @@ def top_p_keep(probs: np.ndarray, top_p: float) -> np.ndarray:
     return keep
 
 
+def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """`scores / temperature`: in float32 as transformers does while that stays finite; else in
+    float64 after shifting the maximum to 0, so nothing overflows. A temperature near 0 then
+    makes the row one-hot on its argmax (sampling it is greedy decoding), and a huge or
+    infinite one flattens it towards uniform; suppressed (-inf) tokens stay suppressed."""
+    with np.errstate(all="ignore"):
+        scaled = scores / np.float32(temperature)
+        if np.isfinite(scaled.max()):
+            return scaled
+        top = scores.max()
+        if not np.isfinite(top):
+            return scores  # no finite logit: softmax64 says what that means
+        shifted = scores.astype(np.float64) - np.float64(top)
+        shifted /= temperature  # <= 0 over > 0: never +inf or NaN, except -inf / inf
+    shifted[np.isneginf(scores)] = -np.inf
+    return shifted
+
+
 def filtered_distribution(
     scores: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> tuple[np.ndarray | None, np.ndarray]:
@@ -306,7 +359,7 @@ def filtered_distribution(
     order) and their probabilities (float64, summing to 1). `scores` may be modified in place.
     """
     if temperature != 1.0:
-        scores = np.divide(scores, np.float32(temperature), out=scores)
+        scores = apply_temperature(scores, temperature)
     ids = top_k_ids(scores, top_k) if top_k > 0 else None
     probs = softmax64(scores if ids is None else scores[ids])
     if top_p < 1.0:
