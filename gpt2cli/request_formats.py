@@ -19,12 +19,15 @@ answered with a list of strings, one per input.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpt2cli.errors import InputError
 
+# Prompts in one request: a bound on what one answer holds in memory.
+MAX_INPUTS = 1024
 FORMAT_A: Literal["A"] = "A"
 FORMAT_B: Literal["B"] = "B"
 
@@ -83,10 +86,17 @@ class GenerationRequest:
         return [per_input[0] for per_input in texts]
 
 
-def parse_request(text: str, source: str = "request") -> GenerationRequest:
-    """Parse and check a format A or B request; InputError names any bad field."""
+def parse_request(
+    text: str, source: str = "request", replace_invalid: bool = False
+) -> GenerationRequest:
+    """Parse and check a format A or B request; InputError names any bad field.
+
+    Stricter than Python's json: a duplicate key and the NaN/Infinity literals are refused, and
+    so is a lone surrogate escape such as "\\ud800" in a string (not Unicode; with
+    `replace_invalid` it becomes U+FFFD, as invalid UTF-8 in a file does).
+    """
     try:
-        body = json.loads(text)
+        body = json.loads(text, object_pairs_hook=_JsonObject.from_pairs, parse_constant=_NonFinite)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
@@ -94,6 +104,7 @@ def parse_request(text: str, source: str = "request") -> GenerationRequest:
     except (ValueError, RecursionError) as exc:  # an over-long integer, or nesting too deep
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InputError(f"{source}: not valid JSON ({reason})") from None
+    body = _checked(body, source, replace_invalid)
     if not isinstance(body, dict):
         raise InputError(f"{source}: expected a JSON object with 'inputs' or 'input_data'")
     if ("inputs" in body) == ("input_data" in body):
@@ -135,9 +146,104 @@ def parse_request(text: str, source: str = "request") -> GenerationRequest:
     return request
 
 
+class _JsonObject(dict):
+    """A decoded JSON object that remembers its first duplicate key."""
+
+    duplicate: str | None = None
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        obj = cls()
+        for key, value in pairs:
+            if key in obj and obj.duplicate is None:
+                obj.duplicate = key
+            obj[key] = value
+        return obj
+
+
+@dataclass(frozen=True)
+class _NonFinite:
+    """Where the body had NaN, Infinity or -Infinity: JavaScript, not JSON."""
+
+    literal: str
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json joins valid pairs: any left are lone
+
+
+def _checked(body: Any, source: str, replace_invalid: bool) -> Any:
+    """`body` with plain dicts, after refusing duplicate keys, non-finite literals and lone
+    surrogates (or replacing the surrogates), naming the first one's place in the document."""
+
+    def fail(path: str, what: str) -> InputError:
+        shown = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", path) or "the top level"
+        return InputError(f"{source}: {shown}: {what}")
+
+    def text(value: str, path: str) -> str:
+        found = _SURROGATE.search(value)
+        if found is None:
+            return value
+        if replace_invalid:
+            return _SURROGATE.sub("\ufffd", value)
+        raise fail(
+            path,
+            f"lone surrogate \\u{ord(found.group()):04x} at character {found.start()}: "
+            "not valid Unicode (pass --replace-invalid to substitute U+FFFD)",
+        )
+
+    def convert(value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            return text(value, path)
+        if isinstance(value, _NonFinite):
+            raise fail(path, f"{value.literal} is not valid JSON: numbers must be finite")
+        if isinstance(value, _JsonObject):
+            if value.duplicate is not None:
+                raise fail(_join(path, value.duplicate), "duplicate key (name each key once)")
+            return {}
+        if isinstance(value, list):
+            return []
+        return value
+
+    def entries(container: Any) -> Iterator[tuple[str | int, Any]]:
+        return iter(container.items() if isinstance(container, dict) else enumerate(container))
+
+    # Depth first in document order, without recursion: json accepts ~1000 levels of nesting.
+    root = convert(body, "")
+    stack = [(entries(body), root, "")] if isinstance(root, dict | list) else []
+    while stack:
+        items, copy, path = stack[-1]
+        entry = next(items, None)
+        if entry is None:
+            stack.pop()
+            continue
+        key, value = entry
+        if isinstance(key, str):
+            child_path = _join(path, key)
+            key = text(key, child_path)
+        else:
+            child_path = f"{path}[{key}]"
+        child = convert(value, child_path)
+        if isinstance(copy, dict):
+            copy[key] = child
+        else:
+            copy.append(child)
+        if isinstance(child, dict | list):
+            stack.append((entries(value), child, child_path))
+    return root
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
 def _prompts(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not value:
         raise InputError(f"{where}: expected a non-empty list of strings")
+    if len(value) > MAX_INPUTS:
+        raise InputError(
+            f"{where}: {len(value)} inputs, more than the {MAX_INPUTS} a request may hold "
+            "(split the request, or give the prompts with -f FILE --lines)"
+        )
     for index, prompt in enumerate(value):
         if not isinstance(prompt, str):
             raise InputError(f"{where}[{index}]: expected a string, got {_json_type(prompt)}")
