@@ -191,11 +191,10 @@ CASES: list[Case] = [
         "request body with a lone surrogate escape is checked before the weights load",
         (*GENERATE, "--request", "req.json"),
         2,
-        "req.json: input_data[0]",
+        "req.json: input_data[0]: lone surrogate \\ud800 at character 1",
         files=request('{"input_data": ["a\\ud800"]}'),
         model="tiny_model_dir",
         prepare=truncate("model.safetensors"),
-        xfail="request_formats does not check for lone surrogates yet (being fixed)",
     ),
     # Terminal controls from the input never reach the terminal raw.
     Case(
