@@ -195,13 +195,29 @@ def _run_stage(what: str, log_dir: Path, step: Callable[[], None]) -> None:
     except Exception as exc:
         if Settings.debug:
             raise
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from gpt2cli.backends.torch import weights_error
+
+        # The earliest error of the chain: optimum's fallbacks (a TensorFlow checkpoint, ...)
+        # hide the real one behind messages such as "No module named 'tensorflow'".
+        detail = weights_error(exc)
         raise ModelError(f"{what} failed: {detail} (rerun with --debug for details)") from None
 
 
 def _optimum_export(source_dir: Path, target: Path, opset: int | None) -> None:
     from optimum.exporters.onnx import main_export
 
+    from gpt2cli.backends.torch import check_pickled_weights
+    from gpt2cli.loader import check_torch_weights
+
+    # config.json against the weights before optimum builds a model from its sizes; a pickle
+    # holding more than tensors is refused here with the reason, not optimum's fallbacks.
+    config = read_config(source_dir)
+    try:
+        check_torch_weights(source_dir, config)
+        if not any(source_dir.glob("model*.safetensors")):
+            check_pickled_weights(source_dir, config)
+    except ModelError as exc:
+        raise ModelError(f"ONNX export failed: {exc.message}") from None
     _run_stage(
         "ONNX export",
         target.parent,

@@ -28,10 +28,29 @@ ReplaceInvalid = Annotated[
     bool,
     typer.Option("--replace-invalid", help="Replace invalid UTF-8 with U+FFFD instead of failing."),
 ]
+def check_model(value: str | None) -> str | None:
+    """--model as given; an empty one is refused, not taken for the default model."""
+    if value is not None and not value.strip():
+        from gpt2cli.errors import InputError
+
+        raise InputError("--model: empty; give a Hub model id or a directory")
+    return value
+
+
+def check_threads(value: int | None) -> int | None:
+    """--threads within 1 .. tokenizer.max_threads(), checked before anything loads."""
+    from gpt2cli.tokenizer import check_threads as checked
+
+    return checked(value)
+
+
 Model = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m", help="Hub model id (gpt2, distilgpt2, ...) or a local directory."
+        "--model",
+        "-m",
+        help="Hub model id (gpt2, distilgpt2, ...) or a local directory.",
+        callback=check_model,
     ),
 ]
 Output = Annotated[
@@ -85,5 +104,9 @@ DtypeOpt = Annotated[
 ]
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option("--threads", min=1, help="CPU threads for the model (default: the backend's)."),
+    typer.Option(
+        "--threads",
+        help="CPU threads for the model (default: the backend's; at most 4 per CPU).",
+        callback=check_threads,
+    ),
 ]

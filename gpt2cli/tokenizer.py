@@ -25,6 +25,28 @@ GPT2_PATTERN = (
 )
 ENDOFTEXT = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
+# --threads above this many per usable CPU only thrash (and thousands hang onnxruntime).
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    """The largest --threads accepted: THREADS_PER_CPU per CPU this process may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return THREADS_PER_CPU * max(cpus, 1)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """`threads` if it is a sane --threads value; InputError (exit 2) otherwise."""
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise InputError(
+            f"--threads: must be from 1 to {max_threads()} ({THREADS_PER_CPU} per CPU "
+            f"available), got {threads}"
+        )
+    return threads
+
 
 
 class Tokenizer:
@@ -136,8 +158,15 @@ def _byte_decoder() -> dict[str, int]:
 class HFTokenizer(Tokenizer):
     """A model's own byte-level BPE tokenizer, through the `tokenizers` library."""
 
-    def __init__(self, tokenizer, eos_token: str | None = ENDOFTEXT) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        tokenizer,  # noqa: ANN001
+        eos_token: str | None = ENDOFTEXT,
+        parse_special: bool = True,
+    ) -> None:
         self._tokenizer = tokenizer
+        # Off: special tokens' text is split like any other text, as tiktoken's encode_ordinary.
+        tokenizer.encode_special_tokens = not parse_special
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_token_id = tokenizer.token_to_id(eos_token) if eos_token else None
         self._specials = {
@@ -146,8 +175,12 @@ class HFTokenizer(Tokenizer):
         }
         self._bytes_cache: dict[int, bytes] = {}
 
+    def id_bound(self) -> int:
+        """One more than the largest id the tokenizer can produce (ids may be sparse)."""
+        return max(self._tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+
     @classmethod
-    def from_dir(cls, directory) -> HFTokenizer:  # noqa: ANN001
+    def from_dir(cls, directory, parse_special: bool = True) -> HFTokenizer:  # noqa: ANN001
         from tokenizers import Tokenizer as RawTokenizer
         from tokenizers import decoders, models, pre_tokenizers
 
@@ -155,18 +188,24 @@ class HFTokenizer(Tokenizer):
         vocab, merges = directory / "vocab.json", directory / "merges.txt"
         if tokenizer_json.is_file():
             try:
-                return cls(RawTokenizer.from_file(str(tokenizer_json)))
+                raw = RawTokenizer.from_file(str(tokenizer_json))
+                return cls(raw, parse_special=parse_special)
             except Exception as exc:
                 raise ModelError(f"{tokenizer_json}: cannot load tokenizer: {exc}") from None
         if vocab.is_file() and merges.is_file():
-            raw = RawTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+            try:
+                raw = RawTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+            except Exception as exc:
+                raise ModelError(
+                    f"{vocab.parent}: cannot load vocab.json and merges.txt: {exc}"
+                ) from None
             raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
             raw.decoder = decoders.ByteLevel()
             if raw.token_to_id(ENDOFTEXT) is not None:
                 from tokenizers import AddedToken
 
                 raw.add_special_tokens([AddedToken(ENDOFTEXT, special=True)])
-            return cls(raw)
+            return cls(raw, parse_special=parse_special)
         raise ModelError(f"{directory}: no tokenizer.json, or vocab.json and merges.txt")
 
     def encode(self, text: str) -> list[int]:
@@ -223,9 +262,12 @@ def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Toke
     """The built-in GPT-2 tokenizer, or the tokenizer of `model` (a Hub id or local directory)."""
     if model is None:
         return GPT2Tokenizer(parse_special=parse_special)
+    if not model.strip():
+        raise InputError("--model: empty; give a Hub model id or a directory")
     from gpt2cli.loader import TOKENIZER_FILES, resolve_model_dir
 
-    return HFTokenizer.from_dir(resolve_model_dir(model, TOKENIZER_FILES))
+    directory = resolve_model_dir(model, TOKENIZER_FILES)
+    return HFTokenizer.from_dir(directory, parse_special=parse_special)
 
 
 def token_offsets(pieces: Sequence[bytes]) -> list[tuple[int, int]]:

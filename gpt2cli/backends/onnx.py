@@ -12,12 +12,14 @@ path.
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from gpt2cli.backends.base import ForwardResult, LogitsWanted, ModelInfo
-from gpt2cli.errors import CliError, ModelError
+from gpt2cli.errors import CliError, InputError, ModelError
 from gpt2cli.tokenizer import Tokenizer
 
 ONNX_FILE = "model.onnx"
@@ -25,14 +27,30 @@ KEEP_INPUT = "logits_to_keep"
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+_PAST = re.compile(r"past_key_values\.(\d+)\.key")
+# Embedding tables whose shapes config.json must match (optimum's names; int4 exports rename them).
+_TABLES = ("transformer.wte.weight", "transformer.wpe.weight")
+
+
 def import_onnxruntime() -> Any:
+    """onnxruntime, with its own logging silenced (errors come back as exceptions) unless
+    --debug: its default logger colours lines and writes them straight to stderr."""
     try:
         import onnxruntime
     except ImportError:
         raise CliError(
             "onnxruntime is not importable; it is a core dependency: reinstall gpt2cli"
         ) from None
+    onnxruntime.set_default_logger_severity(log_severity())
     return onnxruntime
+
+
+def log_severity() -> int:
+    """ONNX Runtime's minimum log level: 4 (fatal only) normally, since its errors also come
+    back as exceptions, which gpt2cli reports as one line; 2 (warnings) with --debug."""
+    from gpt2cli.outputs import Settings
+
+    return 2 if Settings.debug else 4
 
 
 def first_line(exc: BaseException) -> str:
@@ -70,8 +88,10 @@ class OnnxBackend:
         self.device = device
         path = info.model_dir / ONNX_FILE
 
+        check_tables(path, info)
         options = ort.SessionOptions()
-        options.log_severity_level = 3  # the overridable logits_to_keep default is intended
+        # Also hides the warning about the overridable logits_to_keep default, which is intended.
+        options.log_severity_level = log_severity()
         # As for torch (see backends/torch.py): no spinning unless OMP_WAIT_POLICY=ACTIVE.
         spin = os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
@@ -93,35 +113,23 @@ class OnnxBackend:
             raise ModelError(f"{path}: cannot load the ONNX model: {first_line(exc)}") from None
 
         inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        layers = check_graph(path, info, inputs, outputs)
         self.past_names = [
             f"past_key_values.{layer}.{kind}"
-            for layer in range(info.n_layer)
+            for layer in range(layers)
             for kind in ("key", "value")
         ]
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
-        required = ["input_ids", "attention_mask", *self.past_names]
-        missing = [n for n in required if n not in inputs]
-        missing += [n for n in ["logits", *self.present_names] if n not in outputs]
-        if missing:
-            raise ModelError(
-                f"{path}: not a GPT-2 text-generation-with-past export matching config.json "
-                f"(no {missing[0]}); re-export with `gpt2cli export-onnx`"
-            )
         self.has_position_ids = "position_ids" in inputs
         self.has_keep = KEEP_INPUT in {i.name for i in self.session.get_overridable_initializers()}
         self.hidden_outputs = {o for o in outputs if o.startswith("hidden_states.")}
 
         past = inputs[self.past_names[0]]
-        self.cache_dtype = _NUMPY_TYPES.get(past.type)
-        if self.cache_dtype is None:
-            raise ModelError(f"{path}: unsupported cache type {past.type}")
+        self.cache_dtype = _NUMPY_TYPES[past.type]
         model_dtype = "float16" if self.cache_dtype == np.float16 else "float32"
         if dtype not in ("float32", model_dtype):
-            raise CliError(
-                f"--dtype {dtype}: the ONNX backend runs the export's own precision "
-                f"({model_dtype}); re-export the model in that precision, or use --backend torch"
-            )
+            raise dtype_error(dtype, model_dtype)
         n_head, head_dim = past.shape[1], past.shape[3]
         self.n_head = n_head if isinstance(n_head, int) else info.n_head
         self.head_dim = head_dim if isinstance(head_dim, int) else info.n_embd // info.n_head
@@ -165,13 +173,22 @@ class OnnxBackend:
         else:
             past = cache.values
         wanted = ["logits", *self.present_names] + ([hidden_name] if hidden_name else [])
-        if self.device == "cuda":
-            values = self._run_bound(feeds, past, wanted)
-        else:
-            ort_value = self.ort.OrtValue.ortvalue_from_numpy
-            inputs = {name: ort_value(array) for name, array in feeds.items()}
-            inputs.update(zip(self.past_names, past, strict=True))
-            values = self.session.run_with_ort_values(wanted, inputs)
+        try:
+            if self.device == "cuda":
+                values = self._run_bound(feeds, past, wanted)
+            else:
+                ort_value = self.ort.OrtValue.ortvalue_from_numpy
+                inputs = {name: ort_value(array) for name, array in feeds.items()}
+                inputs.update(zip(self.past_names, past, strict=True))
+                values = self.session.run_with_ort_values(wanted, inputs)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise ModelError(
+                f"{self.info.model_dir / ONNX_FILE}: onnxruntime failed: {first_line(exc)}"
+            ) from None
 
         scores = None
         if logits != "none":
@@ -210,3 +227,178 @@ class OnnxBackend:
             for value in cache.values
         ]
         return OnnxCache(values, cache.length)
+
+
+def dtype_error(dtype: str, model_dtype: str) -> InputError:
+    """--dtype asks for a precision that an ONNX export does not have."""
+    return InputError(
+        f"--dtype {dtype}: the ONNX backend runs the export's own precision ({model_dtype}; "
+        f"export-onnx writes only float32); use --dtype {model_dtype}, or --backend torch"
+    )
+
+
+def inconsistent(path: Path, what: str) -> ModelError:
+    return ModelError(
+        f"{path.parent}: the model is inconsistent: {what}; fix config.json or re-export the model"
+    )
+
+
+def check_tables(path: Path, info: ModelInfo) -> None:
+    """The embedding tables in model.onnx against config.json, read before any weight is:
+    model.onnx's inputs say nothing of the context length."""
+    dims = initializer_dims(path, set(_TABLES))
+    wte, wpe = dims.get(_TABLES[0]), dims.get(_TABLES[1])
+    if wte and wte != [info.vocab_size, info.n_embd]:
+        raise inconsistent(
+            path, f"config.json says vocab_size {info.vocab_size} and n_embd {info.n_embd}, "
+            f"but model.onnx's token table is {'x'.join(map(str, wte))}"
+        )
+    if wpe and wpe != [info.n_positions, info.n_embd]:
+        raise inconsistent(
+            path, f"config.json says n_positions {info.n_positions} and n_embd {info.n_embd}, "
+            f"but model.onnx's position table is {'x'.join(map(str, wpe))}"
+        )
+
+
+def check_graph(
+    path: Path, info: ModelInfo, inputs: dict[str, Any], outputs: dict[str, Any]
+) -> int:
+    """The session's inputs and outputs against config.json; returns the number of layers."""
+    layers = {int(m.group(1)) for name in inputs if (m := _PAST.fullmatch(name))}
+    required = ["input_ids", "attention_mask", "past_key_values.0.key"]
+    missing = [n for n in required if n not in inputs] + [n for n in ["logits"] if n not in outputs]
+    if missing:
+        raise ModelError(
+            f"{path}: not a GPT-2 text-generation-with-past export (no {missing[0]}); "
+            "re-export with `gpt2cli export-onnx`"
+        )
+    if len(layers) != info.n_layer:
+        raise inconsistent(
+            path, f"config.json says n_layer {info.n_layer}, but model.onnx has {len(layers)}"
+        )
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        if name in inputs and inputs[name].type != "tensor(int64)":
+            raise ModelError(
+                f"{path}: input {name} is {inputs[name].type}, expected tensor(int64): "
+                "not an export gpt2cli can run; re-export with `gpt2cli export-onnx`"
+            )
+    names = [f"past_key_values.{i}.{k}" for i in range(info.n_layer) for k in ("key", "value")]
+    names += [n.replace("past_key_values", "present") for n in names]
+    first = inputs["past_key_values.0.key"].type
+    head_dim = info.n_embd // info.n_head
+    for name in names:
+        value = inputs.get(name) or outputs.get(name)
+        if value is None:
+            raise ModelError(
+                f"{path}: not a GPT-2 text-generation-with-past export (no {name}); "
+                "re-export with `gpt2cli export-onnx`"
+            )
+        if value.type not in _NUMPY_TYPES or value.type != first:
+            raise ModelError(
+                f"{path}: {name} is {value.type}, expected tensor(float) or tensor(float16) "
+                "like every other cache tensor: not an export gpt2cli can run"
+            )
+        shape = value.shape
+        if len(shape) != 4:
+            raise ModelError(f"{path}: {name} has {len(shape)} dimensions, expected 4")
+        expected = ((shape[1], info.n_head, "n_head"), (shape[3], head_dim, "n_embd / n_head"))
+        for size, want, what in expected:
+            if isinstance(size, int) and size != want:
+                raise inconsistent(
+                    path, f"config.json gives {what} = {want}, but model.onnx's {name} has {size}"
+                )
+    logits = outputs["logits"].shape
+    if logits and isinstance(logits[-1], int) and logits[-1] != info.vocab_size:
+        raise inconsistent(
+            path, f"config.json says vocab_size {info.vocab_size}, but model.onnx's logits have "
+            f"{logits[-1]}"
+        )
+    for name, value in outputs.items():
+        width = value.shape[-1] if value.shape else None
+        if name.startswith("hidden_states.") and isinstance(width, int) and width != info.n_embd:
+            raise inconsistent(
+                path, f"config.json says n_embd {info.n_embd}, but model.onnx's {name} has {width}"
+            )
+    return len(layers)
+
+
+# A minimal protobuf reader: the shapes of a few initializers of an ONNX file, without the
+# onnx package (not a core dependency) and without reading any tensor data.
+
+
+def _varint(f: IO[bytes]) -> int:
+    result = shift = 0
+    while True:
+        byte = f.read(1)
+        if not byte or shift > 63:
+            raise ValueError("bad varint")
+        result |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return result
+        shift += 7
+
+
+def _fields(f: IO[bytes], end: int) -> Any:
+    """(field number, wire type, value) of a message ending at `end`: varints as ints,
+    length-delimited fields as (start, length) with the file at start (skipped afterwards)."""
+    while f.tell() < end:
+        key = _varint(f)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            yield number, wire, _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(f)
+            start = f.tell()
+            if start + length > end:
+                raise ValueError("field past its message")
+            yield number, wire, (start, length)
+            f.seek(start + length)
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _packed_varints(data: bytes) -> list[int]:
+    values, result, shift = [], 0, 0
+    for byte in data:
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            values.append(result)
+            result = shift = 0
+    return values
+
+
+def initializer_dims(path: Path, names: set[str]) -> dict[str, list[int]]:
+    """The dims of the initializers `names` in ONNX file `path` (ModelProto.graph = 7,
+    GraphProto.initializer = 5, TensorProto.dims = 1 and name = 8); those not found, or any
+    file the reader cannot follow, are left out: onnxruntime then judges the file."""
+    found: dict[str, list[int]] = {}
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            for number, wire, value in _fields(f, size):
+                if number != 7 or wire != 2:
+                    continue
+                graph_end = value[0] + value[1]
+                for field, kind, tensor in _fields(f, graph_end):
+                    if field != 5 or kind != 2:
+                        continue
+                    dims: list[int] = []
+                    name = None
+                    for item, item_kind, item_value in _fields(f, tensor[0] + tensor[1]):
+                        if item == 1 and item_kind == 0:
+                            dims.append(item_value)
+                        elif item == 1 and item_kind == 2:
+                            dims.extend(_packed_varints(f.read(item_value[1])))
+                        elif item == 8 and item_kind == 2 and item_value[1] < 4096:
+                            name = f.read(item_value[1]).decode("utf-8", "replace")
+                    if name in names:
+                        found[name] = dims
+                    if len(found) == len(names):
+                        return found
+                return found
+    except (OSError, ValueError):
+        return {}
+    return found

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,11 +121,74 @@ def _to_numpy(tensor: Any) -> np.ndarray | None:
     return tensor.float().cpu().numpy()
 
 
+def weights_error(exc: BaseException) -> str:
+    """What went wrong reading a checkpoint, in one line.
+
+    transformers and optimum wrap the real failure in retries (as text, then as a TensorFlow
+    checkpoint) whose messages mislead ("set from_tf=True", "No module named 'tensorflow'"):
+    the earliest exception of the chain is the one that tells.
+    """
+    chain = [exc]
+    while (earlier := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        if any(earlier is seen for seen in chain):
+            break
+        chain.append(earlier)
+    texts = [str(e).strip() for e in chain]
+    for text in texts:
+        if called := re.search(r"unsupported GLOBAL (\S+)", text, re.IGNORECASE):
+            return (
+                f"the pickle would call {called.group(1)}: refused (weights are loaded "
+                "weights-only, never running a checkpoint's code)"
+            )
+    if any(type(e).__name__ == "UnpicklingError" for e in chain):
+        return (
+            "not a checkpoint that loads weights-only (damaged, truncated, or a pickle of "
+            "other objects); refused"
+        )
+    first, text = chain[-1], texts[-1]
+    return text.splitlines()[0] if text else type(first).__name__
+
+
+def check_pickled_weights(directory: Path, config: dict[str, Any]) -> None:
+    """The shapes in pytorch_model*.bin against config.json, before transformers builds (and
+    randomly fills) a model from config.json's sizes. The weights are mapped, not read, and
+    loaded weights-only: a pickle holding anything but tensors is refused here."""
+    from gpt2cli.loader import check_weight_shapes
+
+    torch, _ = import_torch()
+    files = sorted(directory.glob("pytorch_model*.bin"))
+    shapes: dict[str, list[int]] = {}
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # The legacy (pre-zip) format cannot be mapped, only read.
+                mmap = zipfile.is_zipfile(path)
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:
+            raise ModelError(
+                f"{directory}: cannot load the weights: {path.name}: {weights_error(exc)}"
+            ) from None
+        if not isinstance(state, dict):
+            raise ModelError(
+                f"{directory}: cannot load the weights: {path.name} holds no tensor dictionary"
+            )
+        shapes.update({k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")})
+        del state
+    if files:
+        name = files[0].name if len(files) == 1 else "pytorch_model.bin's shards"
+        check_weight_shapes(directory, config, name, shapes)
+
+
 def load_model(info: ModelInfo, dtype: Any, device: Any) -> Any:
     """GPT2LMHeadModel from safetensors (or weights-only pickle), checked for missing weights."""
     torch, transformers = import_torch()
     directory = info.model_dir
     use_safetensors = any(directory.glob("model*.safetensors"))
+    if not use_safetensors:
+        from gpt2cli.loader import read_config
+
+        check_pickled_weights(directory, read_config(directory))
     transformers.logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
@@ -136,8 +202,7 @@ def load_model(info: ModelInfo, dtype: Any, device: Any) -> Any:
                 output_loading_info=True,
             )
     except Exception as exc:  # safetensors, pickle and config errors have many types
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{directory}: cannot load the weights: {detail}") from None
+        raise ModelError(f"{directory}: cannot load the weights: {weights_error(exc)}") from None
     missing = [k for k in loading["missing_keys"] if not k.endswith(_OPTIONAL_KEYS)]
     if missing:
         raise ModelError(

@@ -50,7 +50,12 @@ def tokenize(
         typer.Option("--no-parse-special", help="Tokenize '<|endoftext|>' as plain text."),
     ] = False,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Encoder threads (default: all cores).")
+        int | None,
+        typer.Option(
+            "--threads",
+            help="Encoder threads (default: all cores; at most 4 per CPU).",
+            callback=options.check_threads,
+        ),
     ] = None,
 ) -> None:
     """Tokenize text with the GPT-2 tokenizer (built in; works offline).
