@@ -124,15 +124,29 @@ def resolve_model(model: str, backend: str = "auto") -> tuple[Path, str]:
     return directory, chosen
 
 
+SETTINGS_FILE_LIMIT = 16 << 20  # config.json and generation_config.json are kilobytes
+
+
+def read_json_settings(path: Path) -> Any:
+    """A model's JSON settings file, parsed; too large, not UTF-8 or not JSON is a ModelError."""
+    try:
+        if path.stat().st_size > SETTINGS_FILE_LIMIT:
+            raise ModelError(f"{path}: over {SETTINGS_FILE_LIMIT >> 20} MiB; not a settings file")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelError(f"{path}: not valid JSON: nested too deeply") from None
+
+
 def read_config(directory: Path) -> dict[str, Any]:
     """config.json of a GPT-2-architecture model, checked."""
     path = directory / "config.json"
     if not path.is_file():
         raise ModelError(f"{directory}: no config.json; not a model directory, or incomplete")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON: {exc}") from None
+    config = read_json_settings(path)
     if not isinstance(config, dict):
         raise ModelError(f"{path}: expected a JSON object")
     model_type = config.get("model_type", "gpt2")
@@ -296,10 +310,7 @@ def generation_defaults(
     defaults: dict[str, Any] = {}
     path = directory / "generation_config.json"
     if path.is_file():
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ModelError(f"{path}: not valid JSON: {exc}") from None
+        loaded = read_json_settings(path)
         defaults.update(check_generation_settings(str(path), loaded, vocab_size))
     tasks = config.get("task_specific_params")
     if tasks is not None and not isinstance(tasks, dict):
