@@ -17,8 +17,8 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,7 +40,7 @@ from gpt2cli.loader import (
     read_config,
     resolve_model_dir,
 )
-from gpt2cli.outputs import Settings
+from gpt2cli.outputs import Settings, check_directory, temp_name
 
 TASK = "text-generation-with-past"
 QUANTIZATIONS = ("int8", "int4")
@@ -53,6 +53,9 @@ VALIDATION_TEXTS = (
     "The quick brown fox jumps over the lazy dog while the farmer sleeps.",
 )
 VALIDATION_STEPS = 20
+# int4 blocks: powers of two that ONNX Runtime's MatMulNBits kernels (MLAS) implement.
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+MANIFEST_FORMAT = "gpt2cli-onnx-export"
 LIBRARIES = (
     "gpt2cli", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
     "accelerate",
@@ -88,20 +91,27 @@ def export_model(
     options = options or ExportOptions()
     if options.quantize not in (None, *QUANTIZATIONS):
         raise InputError(f"--quantize: expected int8 or int4, got {options.quantize!r}")
-    if options.block_size < 16 or options.block_size & (options.block_size - 1):
-        raise InputError(f"--block-size: expected a power of two >= 16, got {options.block_size}")
+    if options.block_size not in BLOCK_SIZES:
+        raise InputError(
+            f"--block-size: expected one of {', '.join(map(str, BLOCK_SIZES))}, "
+            f"got {options.block_size}"
+        )
     outdir = Path(outdir).expanduser()
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: exists and is not a directory")
-    if outdir.exists() and not options.force:
-        raise InputError(f"{outdir}: already exists (pass --force to replace it)")
+    source = Path(model).expanduser()
+    check_outdir(outdir, options.force, source if source.is_dir() else None)
+    _occupy_closed_descriptors()
     _require_export_packages()
 
     source_dir = _resolve_source(model)
+    _check_apart(outdir, source_dir)
     config = read_config(source_dir)
-    outdir.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".tmp", dir=outdir.parent))
+    try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        staging = outdir.parent / temp_name(outdir.name)
+        staging.mkdir(mode=0o700)
+    except OSError as exc:
+        raise InputError(f"{outdir}: cannot create the export there: {exc.strerror}") from None
     try:
         raw, edited, final = staging / "optimum", staging / "edited", staging / "final"
         progress(f"exporting {model} with optimum ({TASK})")
@@ -128,10 +138,101 @@ def export_model(
             validation = validate(source_dir, final, exact=options.quantize is None)
         manifest = _manifest(model, source_dir, final, options, validation, started)
         (final / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(final, outdir, staging)
+        _move_into_place(final, outdir, staging, options.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def check_outdir(outdir: Path, force: bool, source: Path | None = None) -> bool:
+    """Refuse an OUTDIR that export-onnx must not create or replace, before anything runs
+    (overlapping a local `source` model directory included). True when it is a previous
+    export (a directory holding the manifest and only the files it lists), which --force
+    replaces; False when it does not exist yet."""
+    if outdir.name in ("", "..") or str(outdir).endswith("/."):
+        raise InputError(f"{outdir}: OUTDIR must name a new directory (or, with --force, a "
+                         "previous export), not '.', '..' or '/'")
+    if source is not None:
+        _check_apart(outdir, source)
+    try:
+        mode = os.lstat(outdir).st_mode
+    except FileNotFoundError:
+        _check_creatable(outdir)
+        return False
+    except NotADirectoryError:
+        raise InputError(f"{outdir}: a parent of OUTDIR is not a directory") from None
+    except OSError as exc:
+        raise InputError(f"{outdir}: {exc.strerror}") from None
+    if stat.S_ISLNK(mode):
+        state = "a symlink" if outdir.exists() else "a dangling symlink"
+        raise InputError(f"{outdir}: is {state} ({os.readlink(outdir)}); give a new directory "
+                         "(or, with --force, a previous export itself)")
+    if not stat.S_ISDIR(mode):
+        raise InputError(f"{outdir}: exists and is not a directory")
+    if not force:
+        raise InputError(f"{outdir}: already exists (pass --force to replace it)")
+    _check_previous_export(outdir)
+    return True
+
+
+def _check_previous_export(outdir: Path) -> None:
+    """--force replaces only what an export wrote: anything else is refused, nothing deleted."""
+    refusal = f"{outdir}: --force replaces only a previous gpt2cli export, and this directory "
+    manifest = outdir / MANIFEST_NAME
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8")) if not manifest.is_symlink() \
+            else None
+    except (OSError, ValueError):
+        data = None
+    listed = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(
+        listed, dict
+    ):
+        raise InputError(refusal + f"has no valid {MANIFEST_NAME}; nothing was deleted")
+    foreign = sorted(
+        entry.name
+        for entry in os.scandir(outdir)
+        if entry.name != MANIFEST_NAME
+        and (entry.name not in listed or not entry.is_file(follow_symlinks=False))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                           else "")
+        raise InputError(refusal + f"also holds {shown}; nothing was deleted")
+
+
+def _check_creatable(outdir: Path) -> None:
+    """The nearest existing ancestor of a new OUTDIR is a directory that takes new entries."""
+    ancestor = outdir.absolute().parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    check_directory(str(outdir), str(ancestor))
+
+
+def _check_apart(outdir: Path, source_dir: Path) -> None:
+    """OUTDIR must be neither the source model directory, nor inside it, nor around it."""
+    out, source = Path(os.path.realpath(outdir)), Path(os.path.realpath(source_dir))
+    if out == source:
+        raise InputError(f"{outdir}: is the source model directory; give another OUTDIR")
+    if source in out.parents:
+        raise InputError(f"{outdir}: is inside the source model directory {source_dir}; "
+                         "give a directory outside it")
+    if out in source.parents:
+        raise InputError(f"{outdir}: contains the source model directory {source_dir}; "
+                         "give a directory outside it")
+
+
+def _occupy_closed_descriptors() -> None:
+    """A closed stdout or stderr (`>&-`) would be the number the next opened file gets, and
+    the exporters' prints would go into it: hold /dev/null there instead."""
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _require_export_packages() -> None:
@@ -160,8 +261,10 @@ def _third_party_output(log_path: Path) -> Iterator[None]:
     names = ("optimum", "transformers", "torch", "onnx", "onnxruntime")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a closed stdout (its stand-in has no descriptor)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    _occupy_closed_descriptors()
     saved_out, saved_err = os.dup(1), os.dup(2)
     with open(log_path, "ab") as sink, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -175,8 +278,9 @@ def _third_party_output(log_path: Path) -> Iterator[None]:
                 os.dup2(sink.fileno(), 2)
             yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
+                sys.stderr.flush()
             os.dup2(saved_out, 1)
             os.dup2(saved_err, 2)
             os.close(saved_out)
@@ -613,7 +717,7 @@ def _manifest(
         }
     files = {p.name: p.stat().st_size for p in sorted(final.iterdir()) if p.is_file()}
     return {
-        "format": "gpt2cli-onnx-export",
+        "format": MANIFEST_FORMAT,
         "format_version": 1,
         "source": model,
         "source_revision": _revision(source_dir),
@@ -640,10 +744,13 @@ def _default_permissions(directory: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def _move_into_place(final: Path, outdir: Path, staging: Path) -> None:
-    """Rename the finished export to `outdir`, replacing an old one (only with --force)."""
+def _move_into_place(final: Path, outdir: Path, staging: Path, force: bool) -> None:
+    """Rename the finished export to `outdir`. Without --force only where nothing exists: the
+    name is claimed by an exclusive mkdir, so an OUTDIR that appeared during the export is
+    never replaced. With --force an old export is replaced, once checked again."""
     _default_permissions(final)
-    if outdir.exists():
+    if force and os.path.lexists(outdir):
+        check_outdir(outdir, force=True)  # again: it may have changed during the export
         old = staging / "replaced"
         outdir.rename(old)
         try:
@@ -651,5 +758,17 @@ def _move_into_place(final: Path, outdir: Path, staging: Path) -> None:
         except BaseException:
             old.rename(outdir)
             raise
-    else:
-        final.rename(outdir)
+        return
+    try:
+        outdir.mkdir()
+    except FileExistsError:
+        raise InputError(
+            f"{outdir}: already exists (it appeared during the export; pass --force to "
+            "replace it)"
+        ) from None
+    try:
+        final.rename(outdir)  # onto the empty directory just made
+    except BaseException:
+        with contextlib.suppress(OSError):
+            outdir.rmdir()
+        raise

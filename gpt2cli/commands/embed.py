@@ -95,7 +95,9 @@ def embed(
     from gpt2cli.embedding import EmbedOptions, embed_encoded, encode_texts
     from gpt2cli.inputs import read_texts, resolve_sources
     from gpt2cli.loader import check_hidden_layer, load_backend, locate_model
+    from gpt2cli.outputs import check_output
 
+    check_output(output, force)  # before any input is read or any model loads
     to_stdout = output in (None, "-")
     if output_format is EmbedFormat.npy and to_stdout and sys.stdout.isatty():
         raise InputError("--format npy is binary: give -o PATH or redirect stdout")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -27,7 +28,11 @@ def export_onnx(
     ],
     outdir: Annotated[
         Path,
-        typer.Argument(metavar="OUTDIR", help="Directory to create (written atomically)."),
+        typer.Argument(
+            metavar="OUTDIR",
+            help="Directory to create (written atomically; --force replaces only a previous "
+            "export).",
+        ),
     ],
     quantize: Annotated[
         Quantization | None,
@@ -42,7 +47,11 @@ def export_onnx(
         bool, typer.Option("--per-channel", help="int8: one scale per output channel.")
     ] = False,
     block_size: Annotated[
-        int, typer.Option("--block-size", min=16, help="int4: weights per quantization block.")
+        int,
+        typer.Option(
+            "--block-size", min=16, help="int4: weights per quantization block (16 to 256, a "
+            "power of two)."
+        ),
     ] = 32,
     validate: Annotated[
         bool,
@@ -80,11 +89,22 @@ def export_onnx(
         force=force,
         opset=opset,
     )
+    results_shown = _stdout_open()  # checked before the export opens any file
     manifest = export_model(model, outdir, settings, progress)
     total = sum(manifest["files"].values())
     log(f"wrote {outdir} ({total / 1e6:.1f} MB in {manifest['export_seconds']} s)")
+    if not results_shown:  # `>&-`: the export is in OUTDIR, and the figure has nowhere to go
+        return
     if as_json:
         sys.stdout.write(to_json(manifest, indent=2) + "\n")
     elif manifest["validation"] is not None:
         figure = manifest["validation"]["max_abs_logit_diff"]
         sys.stdout.write(f"max abs logit diff vs PyTorch: {figure:.3g}\n")
+
+
+def _stdout_open() -> bool:
+    try:
+        os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True

@@ -149,7 +149,9 @@ def generate(
     request like the hosted endpoints' and answer in the same format.
     """
     from gpt2cli.decoding import GenerationParams
+    from gpt2cli.outputs import check_output
 
+    check_output(output, force)  # before any input is read or any model loads
     overrides: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "max_length": max_length,

@@ -103,7 +103,9 @@ def score(
     from gpt2cli import scoring
     from gpt2cli.inputs import read_texts, resolve_sources
     from gpt2cli.loader import load_backend, locate_model
+    from gpt2cli.outputs import check_output
 
+    check_output(output, force)  # before any input is read, any model loads or any scoring
     modes = [name for name, on in (("--per-token", per_token), ("--show", show)) if on]
     if as_json and as_jsonl:
         raise InputError("--json and --jsonl are exclusive")
