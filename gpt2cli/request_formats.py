@@ -96,7 +96,7 @@ def parse_request(
     `replace_invalid` it becomes U+FFFD, as invalid UTF-8 in a file does).
     """
     try:
-        body = json.loads(text, object_pairs_hook=_JsonObject.from_pairs, parse_constant=_NonFinite)
+        body = strict_loads(text, source, replace_invalid)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
@@ -104,7 +104,6 @@ def parse_request(
     except (ValueError, RecursionError) as exc:  # an over-long integer, or nesting too deep
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InputError(f"{source}: not valid JSON ({reason})") from None
-    body = _checked(body, source, replace_invalid)
     if not isinstance(body, dict):
         raise InputError(f"{source}: expected a JSON object with 'inputs' or 'input_data'")
     if ("inputs" in body) == ("input_data" in body):
@@ -144,6 +143,14 @@ def parse_request(
             "use format A ('inputs') for several sequences per input"
         )
     return request
+
+
+def strict_loads(text: str, source: str, replace_invalid: bool = False) -> Any:
+    """`json.loads`, refusing what it lets through: a duplicate key, NaN and Infinity, and lone
+    surrogate escapes (U+FFFD with `replace_invalid`); the InputError names `source` and the
+    place in the document. Syntax errors propagate as json.loads raises them."""
+    body = json.loads(text, object_pairs_hook=_JsonObject.from_pairs, parse_constant=_NonFinite)
+    return _checked(body, source, replace_invalid)
 
 
 class _JsonObject(dict):

@@ -244,7 +244,14 @@ def encode_pair(
     tokenizer: Tokenizer, context: str, continuation: str, eos: int | None
 ) -> tuple[list[int], list[int]]:
     """lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the
-    pair is encoded whole, and an empty context becomes `<|endoftext|>`."""
+    pair is encoded whole, and the continuation is what follows the context's own token count;
+    an empty context becomes `<|endoftext|>`.
+
+    As in lm-eval, a continuation that starts inside the context's last word ("hel" + "lo") is
+    split by token count: the context keeps its own tokens and the continuation gets the whole
+    encoding's tokens past that many. When nothing is left (the continuation merged into the
+    context's last token), there is nothing to score: InputError, as lm-eval's assertion.
+    """
     spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation = context[-spaces:] + continuation
@@ -252,8 +259,14 @@ def encode_pair(
     if not context:
         return ([eos] if eos is not None else []), tokenizer.encode(continuation)
     whole = tokenizer.encode(context + continuation)
-    n_context = len(tokenizer.encode(context))
-    return whole[:n_context], whole[n_context:]
+    context_ids = tokenizer.encode(context)
+    continuation_ids = whole[len(context_ids) :]
+    if continuation and not continuation_ids:
+        raise InputError(
+            "the continuation merges into the context's last token, which leaves it no token "
+            "to score (lm-eval refuses it too): start it at a token boundary, such as a space"
+        )
+    return context_ids, continuation_ids
 
 
 def _jobs(items: Sequence[ScoringItem]) -> list[_Job]:
@@ -450,8 +463,10 @@ def score_texts(
     texts: Sequence[str],
     options: ScoreOptions,
     progress: Callable[[int, int], None] | None = None,
+    first_index: int = 0,
 ) -> list[Scored]:
-    """Score whole texts with the strided window; one result per text, in order."""
+    """Score whole texts with the strided window; one result per text, in order, numbered
+    from `first_index` (callers stream long inputs through in blocks)."""
     tokenizer = backend.tokenizer
     check_window(options.ctx, options.stride, backend.info.n_positions)
     eos = _eos(backend)
@@ -463,7 +478,7 @@ def score_texts(
     items = [plan_text(ids, options, eos) for ids in all_ids]
     token_scores = run_items(backend, items, options, progress)
     return [
-        Scored(number, _stats(tokenizer, ids, scores, text), list(ids), scores)
+        Scored(first_index + number, _stats(tokenizer, ids, scores, text), list(ids), scores)
         for number, (text, ids, scores) in enumerate(zip(texts, all_ids, token_scores, strict=True))
     ]
 
@@ -473,24 +488,31 @@ def score_pairs(
     pairs: Iterable[tuple[str, str]],
     options: ScoreOptions,
     progress: Callable[[int, int], None] | None = None,
+    first_index: int = 0,
+    sources: Sequence[str] | None = None,
 ) -> list[Scored]:
-    """lm-eval loglikelihood requests: log P(continuation | context) and the greedy check."""
+    """lm-eval loglikelihood requests: log P(continuation | context) and the greedy check.
+
+    A pair that cannot be scored is an InputError that names its entry in `sources`.
+    """
     check_window(options.ctx, options.stride, backend.info.n_positions)
     tokenizer = backend.tokenizer
     eos = _eos(backend)
-    encoded = [
-        encode_pair(tokenizer, context, continuation, eos) for context, continuation in pairs
-    ]
-    items = [
-        plan_continuation(context, continuation, options.ctx) for context, continuation in encoded
-    ]
+    items = []
+    for number, (context, continuation) in enumerate(pairs):
+        try:
+            context_ids, continuation_ids = encode_pair(tokenizer, context, continuation, eos)
+            items.append(plan_continuation(context_ids, continuation_ids, options.ctx))
+        except InputError as exc:
+            where = sources[number] if sources is not None else f"pair {first_index + number}"
+            raise InputError(f"{where}: {exc.message}") from None
     token_scores = run_items(backend, items, options, progress)
     results = []
     for number, (item, scores) in enumerate(zip(items, token_scores, strict=True)):
         stats = _stats(tokenizer, item.ids, scores, None)
         results.append(
             Scored(
-                number,
+                first_index + number,
                 stats,
                 item.ids,
                 scores,

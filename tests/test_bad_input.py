@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import rows_cli, rows_limits, rows_models, rows_outputs
+from tests import rows_cli, rows_limits, rows_models, rows_outputs, rows_scoring
 from tests.badinput import Case, remove, request, truncate
 from tests.clirun import Result, assert_one_line_error
 
@@ -487,6 +487,7 @@ CASES = (
     + rows_limits.CASES
     + rows_models.CASES
     + rows_cli.CASES
+    + rows_scoring.CASES
 )
 
 

@@ -145,3 +145,15 @@ def test_processors_with_tiny_penalty_then_sampling() -> None:
     for row, expected in ((0, 20), (1, 40)):
         ids, probs = filtered_distribution(logits[row].copy(), 1e-50, 50, 1.0)
         assert sample_token(ids, probs, 0.3) == expected
+
+
+def test_cli_tiny_temperature_samples_the_greedy_text(tiny_onnx_dir) -> None:  # noqa: ANN001
+    from tests.clirun import run_cli
+
+    common = ("generate", "-m", str(tiny_onnx_dir), "--max-new-tokens", "8", "Hello world")
+    greedy = run_cli(*common, "--greedy")
+    assert greedy.returncode == 0, greedy.err
+    for temperature in ("1e-50", "5e-324"):
+        sampled = run_cli(*common, "--do-sample", "--seed", "3", "--temperature", temperature)
+        assert (sampled.returncode, sampled.stderr) == (0, b"")
+        assert sampled.stdout == greedy.stdout

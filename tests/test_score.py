@@ -483,13 +483,15 @@ def test_cli_show_marks_rank_buckets_without_colour(memorised_model_dir) -> None
 def test_show_colours_by_bucket(torch_backend) -> None:  # noqa: ANN001
     import io
 
-    from gpt2cli.commands.score import _BUCKET_STYLES, _Header, _write_show
+    from gpt2cli.commands.score import _BUCKET_STYLES, _Header, _ShowWriter
 
     options = ScoreOptions(ctx=1024, stride=512, details=True)
     results = score_texts(torch_backend, ["Colour me by rank, please."], options)
     out = io.StringIO()
     header = _Header(torch_backend, options, "float32", False)
-    _write_show(out, torch_backend.tokenizer, results, header, color=True)
+    writer = _ShowWriter(out, header, torch_backend.tokenizer, color=True)
+    writer.write(results, ["argument 1"])
+    writer.close()
     drawn = out.getvalue()
     ranks = results[0].tokens.ranks
     for bucket in {rank_bucket(int(r)) for r in ranks}:

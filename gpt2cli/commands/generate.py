@@ -335,7 +335,7 @@ def _answer_request(request_path: str, overrides: dict[str, Any], return_full_te
     from gpt2cli.request_formats import parse_request
 
     (body,) = read_texts(None, [request_path], replace_invalid=replace_invalid)
-    request = parse_request(body.text, body.source)
+    request = parse_request(body.text, body.source, replace_invalid)
     located = locate_model(model or DEFAULT_MODEL, backend)
     merged = {**overrides, **request.parameters}
     params = GenerationParams.resolve(

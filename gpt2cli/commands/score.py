@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import IO, Annotated, Any
+from itertools import chain
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.outputs import escape_piece, log, output_stream, show_progress, to_json, use_color
+
+if TYPE_CHECKING:
+    from gpt2cli.inputs import Text
 
 DEFAULT_MODEL = "gpt2"
 MEASURE = "Measurement"
@@ -101,7 +107,7 @@ def score(
     NLL / UTF-8 bytes / ln 2. Every result states its ctx and stride.
     """
     from gpt2cli import scoring
-    from gpt2cli.inputs import read_texts, resolve_sources
+    from gpt2cli.inputs import iter_texts, resolve_sources
     from gpt2cli.loader import load_backend, locate_model
     from gpt2cli.outputs import check_output
 
@@ -126,7 +132,13 @@ def score(
     if ctx is not None and stride is not None:
         scoring.check_window(ctx, stride)  # before the model loads
     resolve_sources(texts, files)  # fail on missing input before loading the model
-    inputs = read_texts(texts, files, lines=lines or pairs, replace_invalid=replace_invalid)
+    stream = iter_texts(texts, files, lines=lines or pairs, replace_invalid=replace_invalid)
+    blocks = _blocks(stream, pairs, context, replace_invalid)
+    # Two blocks are read before the model loads: an input error there fails fast, and a text
+    # known to be the only one gets the one-text table. The rest streams through in blocks.
+    first = next(blocks)
+    second = next(blocks, None)
+    single = len(first) == 1 and second is None
     located = locate_model(model or DEFAULT_MODEL, backend)
     window = ctx if ctx is not None else located.info.n_positions
     settings = scoring.ScoreOptions(
@@ -139,43 +151,88 @@ def score(
     )
     scoring.check_window(settings.ctx, settings.stride, located.info.n_positions)  # before loading
     engine = load_backend(located, backend, device, dtype, threads)
-    progress = _Progress() if show_progress() else None
-    if conditional:
-        pair_list = (
-            [_parse_pair(t.text, t.source) for t in inputs]
-            if pairs
-            else [(context or "", t.text) for t in inputs]
+    if not conditional and settings.stride == settings.ctx:
+        log(
+            f"note: stride = ctx ({settings.ctx}): windows are disjoint, and the first token "
+            "of each window is not scored"
         )
-        results = scoring.score_pairs(engine, pair_list, settings, progress)
-    else:
-        if settings.stride == settings.ctx:
-            log(
-                f"note: stride = ctx ({settings.ctx}): windows are disjoint, and the first token "
-                "of each window is not scored"
-            )
-        results = scoring.score_texts(engine, [t.text for t in inputs], settings, progress)
-    if progress is not None:
-        progress.close()
-
     header = _Header(engine, settings, str(getattr(dtype, "value", dtype)), conditional)
-    sources = [t.source for t in inputs]
+    progress = _Progress() if show_progress() else None
     with output_stream(output, force) as out:
+        writer: _Writer
         if per_token:
-            _write_per_token(out, engine.tokenizer, results, as_jsonl)
-            log(_summary_line(header, scoring.total(results)))
+            writer = _PerTokenWriter(out, header, engine.tokenizer, as_jsonl)
         elif show:
-            _write_show(out, engine.tokenizer, results, header, use_color(out))
+            writer = _ShowWriter(out, header, engine.tokenizer, use_color(out))
         elif as_json or as_jsonl:
-            _write_json(out, results, sources, header, as_jsonl)
+            writer = _JsonWriter(out, header, as_jsonl)
         else:
-            _write_text(out, results, sources, header)
+            writer = _TextWriter(out, header, single)
+        rest = [first] if second is None else [first, second]
+        for block in chain(rest, blocks):
+            sources = [entry.source for entry in block]
+            if conditional:
+                pairs_ = [(entry.context or "", entry.text) for entry in block]
+                results = scoring.score_pairs(
+                    engine, pairs_, settings, progress, writer.count, sources
+                )
+            else:
+                texts_ = [entry.text for entry in block]
+                results = scoring.score_texts(engine, texts_, settings, progress, writer.count)
+            if progress is not None:
+                progress.next_block()
+            writer.write(results, sources)
+        if progress is not None:
+            progress.close()
+        writer.close()
 
 
-def _parse_pair(line: str, source: str) -> tuple[str, str]:
+# Texts scored, then written, at a time (fewer when long): memory stays bounded for any input.
+BLOCK_TEXTS = 1024
+BLOCK_CHARS = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One input to score: a text, or a continuation of `context`."""
+
+    text: str
+    source: str
+    context: str | None = None
+
+
+def _blocks(
+    stream: Iterable[Text], pairs: bool, context: str | None, replace_invalid: bool
+) -> Iterator[list[_Entry]]:
+    """The inputs in blocks of at most BLOCK_TEXTS texts or about BLOCK_CHARS characters."""
+    block: list[_Entry] = []
+    chars = 0
+    for item in stream:
+        if pairs:
+            pair_context, continuation = _parse_pair(item.text, item.source, replace_invalid)
+            entry = _Entry(continuation, item.source, pair_context)
+        else:
+            entry = _Entry(item.text, item.source, context)
+        block.append(entry)
+        chars += len(entry.text) + len(entry.context or "")
+        if len(block) >= BLOCK_TEXTS or chars >= BLOCK_CHARS:
+            yield block
+            block, chars = [], 0
+    if block:
+        yield block
+
+
+def _parse_pair(line: str, source: str, replace_invalid: bool = False) -> tuple[str, str]:
+    """A --pairs line, as strict as a --request body: no duplicate key, no NaN, no lone
+    surrogate (U+FFFD with --replace-invalid)."""
+    from gpt2cli.request_formats import strict_loads
+
     try:
-        obj = json.loads(line)
+        obj = strict_loads(line, source, replace_invalid)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}: not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError):  # an over-long integer, or nesting too deep
+        raise InputError(f"{source}: not JSON that can be read") from None
     if not isinstance(obj, dict):
         raise InputError(f'{source}: expected an object {{"context": ..., "continuation": ...}}')
     context, continuation = obj.get("context"), obj.get("continuation")
@@ -187,15 +244,44 @@ def _parse_pair(line: str, source: str) -> tuple[str, str]:
 
 
 class _Progress:
-    """A one-line token counter on stderr (interactive terminals only)."""
+    """A one-line token counter on stderr (interactive terminals only), across blocks."""
+
+    def __init__(self) -> None:
+        self.before = 0  # tokens of the blocks already written
+        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
-        sys.stderr.write(f"\rgpt2cli: scored {done}/{total} tokens")
+        self.done = done
+        sys.stderr.write(f"\rgpt2cli: scored {self.before + done} tokens")
         sys.stderr.flush()
+
+    def next_block(self) -> None:
+        self.before += self.done
+        self.done = 0
 
     def close(self) -> None:
         sys.stderr.write("\r\x1b[K")
         sys.stderr.flush()
+
+
+# Terminal controls from the input (ESC, BEL, CR, C1, line separators) are shown escaped in
+# what score prints; a view of the text keeps its newlines and tabs as layout.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROLS_BUT_LAYOUT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
+
+
+def _cell(text: str) -> str:
+    """A name in a table cell: one line, no tab, no terminal control."""
+    return _CONTROLS.sub(_escaped, text)
+
+
+def _visible(text: str) -> str:
+    """Input text in the --show view: controls other than newline and tab escaped."""
+    return _CONTROLS_BUT_LAYOUT.sub(_escaped, text)
 
 
 class _Header:
@@ -226,7 +312,7 @@ class _Header:
         how = f"ctx {self.ctx}"
         if not self.conditional:
             how += f", stride {self.stride}, first token {self.first_token}"
-        return f"{how}; model {self.model} ({self.backend}, {self.dtype})"
+        return f"{how}; model {_cell(self.model)} ({self.backend}, {self.dtype})"
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -257,11 +343,58 @@ def _stat_cells(stats) -> list[str]:  # noqa: ANN001
     ]
 
 
-def _write_text(out: IO[str], results: Sequence, sources: Sequence[str], header: _Header) -> None:
-    from gpt2cli.scoring import total
+class _Writer:
+    """Writes results block by block as they are scored; keeps only running totals, which
+    `close` writes as the aggregate."""
 
-    if len(results) == 1:
-        result = results[0]
+    def __init__(self, out: IO[str], header: _Header) -> None:
+        from gpt2cli.scoring import Stats
+
+        self.out = out
+        self.header = header
+        self.count = 0  # results written so far
+        self.greedy = 0  # of them, continuations greedy decoding would produce
+        self.total = Stats()
+
+    def write(self, results: Sequence, sources: Sequence[str]) -> None:
+        self.rows(results, sources)
+        for result in results:
+            self.total.add(result.stats)
+            self.greedy += bool(result.is_greedy)
+        self.count += len(results)
+
+    def rows(self, results: Sequence, sources: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _TextWriter(_Writer):
+    """One text: a two-column table. Several: TSV, one row per text and a total row."""
+
+    def __init__(self, out: IO[str], header: _Header, single: bool) -> None:
+        super().__init__(out, header)
+        self.single = single
+
+    def rows(self, results: Sequence, sources: Sequence[str]) -> None:
+        header = self.header
+        if self.single:
+            self._one(results[0])
+            return
+        if self.count == 0:
+            self.out.write(f"# {header.describe()}\n")
+            extra = ["logprob", "greedy", "context_tokens"] if header.conditional else []
+            self.out.write("\t".join(["source", *extra, *STAT_COLUMNS]) + "\n")
+        for result, source in zip(results, sources, strict=True):
+            cells = []
+            if header.conditional:
+                cells = [_number(result.logprob), "yes" if result.is_greedy else "no",
+                         str(result.context_tokens)]  # fmt: skip
+            self.out.write("\t".join([_cell(source), *cells, *_stat_cells(result.stats)]) + "\n")
+
+    def _one(self, result) -> None:  # noqa: ANN001
+        header = self.header
         rows = list(zip(STAT_COLUMNS, _stat_cells(result.stats), strict=True))
         if result.stats.tokens != result.text_tokens:
             rows.insert(1, ("text tokens", str(result.text_tokens)))
@@ -276,26 +409,18 @@ def _write_text(out: IO[str], results: Sequence, sources: Sequence[str], header:
         rows.append(("ctx", str(header.ctx)))
         if not header.conditional:
             rows += [("stride", str(header.stride)), ("first token", header.first_token)]
-        rows.append(("model", f"{header.model} ({header.backend}, {header.dtype})"))
+        rows.append(("model", f"{_cell(header.model)} ({header.backend}, {header.dtype})"))
         width = max(len(key) for key, _ in rows)
         for key, value in rows:
-            out.write(f"{key:<{width}}  {value}\n")
-        return
-    out.write(f"# {header.describe()}\n")
-    extra = ["logprob", "greedy", "context_tokens"] if header.conditional else []
-    out.write("\t".join(["source", *extra, *STAT_COLUMNS]) + "\n")
-    for result, source in zip(results, sources, strict=True):
+            self.out.write(f"{key:<{width}}  {value}\n")
+
+    def close(self) -> None:
+        if self.single:
+            return
         cells = []
-        if header.conditional:
-            cells = [_number(result.logprob), "yes" if result.is_greedy else "no",
-                     str(result.context_tokens)]  # fmt: skip
-        out.write("\t".join([source, *cells, *_stat_cells(result.stats)]) + "\n")
-    aggregate = total(results)
-    cells = []
-    if header.conditional:
-        greedy = sum(1 for r in results if r.is_greedy)
-        cells = [_number(-aggregate.nll), f"{greedy}/{len(results)}", ""]
-    out.write("\t".join(["total", *cells, *_stat_cells(aggregate)]) + "\n")
+        if self.header.conditional:
+            cells = [_number(-self.total.nll), f"{self.greedy}/{self.count}", ""]
+        self.out.write("\t".join(["total", *cells, *_stat_cells(self.total)]) + "\n")
 
 
 def _result_object(result, source: str, header: _Header) -> dict[str, Any]:  # noqa: ANN001
@@ -311,56 +436,82 @@ def _result_object(result, source: str, header: _Header) -> dict[str, Any]:  # n
     return obj
 
 
-def _write_json(
-    out: IO[str], results: Sequence, sources: Sequence[str], header: _Header, lines: bool
-) -> None:
-    from gpt2cli.scoring import total
+class _JsonWriter(_Writer):
+    """JSON lines as they come, or one JSON document streamed: the settings, "results" (one
+    object per text) and "total", the same bytes `json.dumps(document, indent=2)` would give."""
 
-    common = {**header.as_dict(), "model": header.model, "backend": header.backend,
-              "dtype": header.dtype}  # fmt: skip
-    objects = [_result_object(r, s, header) for r, s in zip(results, sources, strict=True)]
-    if lines:
-        for obj in objects:
-            out.write(to_json({**obj, **common}) + "\n")
-        return
-    aggregate: dict[str, Any] = {"texts": len(results)}
-    if header.conditional:
-        aggregate["logprob"] = -total(results).nll
-        aggregate["greedy"] = sum(1 for r in results if r.is_greedy)
-    aggregate.update(total(results).as_dict())
-    out.write(to_json({**common, "results": objects, "total": aggregate}, indent=2) + "\n")
+    def __init__(self, out: IO[str], header: _Header, lines: bool) -> None:
+        super().__init__(out, header)
+        self.lines = lines
+        self.common = {**header.as_dict(), "model": header.model, "backend": header.backend,
+                       "dtype": header.dtype}  # fmt: skip
 
-
-def _write_per_token(out: IO[str], tokenizer, results: Sequence, lines: bool) -> None:  # noqa: ANN001
-    if not lines:
-        out.write("text\tposition\tid\tpiece\tlogprob\trank\tentropy\n")
-    for result in results:
-        tokens = result.tokens
-        for position, token_id, logprob, rank, entropy in zip(
-            tokens.positions.tolist(),
-            tokens.ids.tolist(),
-            tokens.logprobs.tolist(),
-            tokens.ranks.tolist(),
-            tokens.entropies.tolist(),
-            strict=True,
-        ):
-            piece = tokenizer.token_bytes(token_id)
-            if lines:
-                record = {
-                    "text": result.index,
-                    "position": position,
-                    "id": token_id,
-                    "piece": piece.decode("utf-8", errors="replace"),
-                    "logprob": logprob,
-                    "rank": rank,
-                    "entropy": entropy,
-                }
-                out.write(to_json(record) + "\n")
+    def rows(self, results: Sequence, sources: Sequence[str]) -> None:
+        for result, source in zip(results, sources, strict=True):
+            obj = _result_object(result, source, self.header)
+            if self.lines:
+                self.out.write(to_json({**obj, **self.common}) + "\n")
+                continue
+            if self.count == 0 and result is results[0]:
+                opening = to_json(self.common, indent=2).removesuffix("\n}")
+                self.out.write(opening + ',\n  "results": [\n')
             else:
-                out.write(
-                    f"{result.index}\t{position}\t{token_id}\t{escape_piece(piece)}\t"
-                    f"{logprob:.6f}\t{rank}\t{entropy:.6f}\n"
-                )
+                self.out.write(",\n")
+            self.out.write("    " + to_json(obj, indent=2).replace("\n", "\n    "))
+
+    def close(self) -> None:
+        if self.lines:
+            return
+        aggregate: dict[str, Any] = {"texts": self.count}
+        if self.header.conditional:
+            aggregate["logprob"] = -self.total.nll
+            aggregate["greedy"] = self.greedy
+        aggregate.update(self.total.as_dict())
+        closing = to_json(aggregate, indent=2).replace("\n", "\n  ")
+        self.out.write(f'\n  ],\n  "total": {closing}\n}}\n')
+
+
+class _PerTokenWriter(_Writer):
+    """Every scored token: TSV, or JSON lines; the aggregate goes to stderr."""
+
+    def __init__(self, out: IO[str], header: _Header, tokenizer, lines: bool) -> None:  # noqa: ANN001
+        super().__init__(out, header)
+        self.tokenizer = tokenizer
+        self.lines = lines
+
+    def rows(self, results: Sequence, sources: Sequence[str]) -> None:
+        if self.count == 0 and not self.lines:
+            self.out.write("text\tposition\tid\tpiece\tlogprob\trank\tentropy\n")
+        for result in results:
+            tokens = result.tokens
+            for position, token_id, logprob, rank, entropy in zip(
+                tokens.positions.tolist(),
+                tokens.ids.tolist(),
+                tokens.logprobs.tolist(),
+                tokens.ranks.tolist(),
+                tokens.entropies.tolist(),
+                strict=True,
+            ):
+                piece = self.tokenizer.token_bytes(token_id)
+                if self.lines:
+                    record = {
+                        "text": result.index,
+                        "position": position,
+                        "id": token_id,
+                        "piece": piece.decode("utf-8", errors="replace"),
+                        "logprob": logprob,
+                        "rank": rank,
+                        "entropy": entropy,
+                    }
+                    self.out.write(to_json(record) + "\n")
+                else:
+                    self.out.write(
+                        f"{result.index}\t{position}\t{token_id}\t{escape_piece(piece)}\t"
+                        f"{logprob:.6f}\t{rank}\t{entropy:.6f}\n"
+                    )
+
+    def close(self) -> None:
+        log(_summary_line(self.header, self.total))
 
 
 # GLTR's colours: green, yellow, red, violet.
@@ -368,34 +519,43 @@ _BUCKET_STYLES = ("30;48;5;157", "30;48;5;229", "30;48;5;217", "30;48;5;183")
 _BUCKET_NAMES = ("top 10", "top 100", "top 1000", "beyond")
 
 
-def _write_show(out: IO[str], tokenizer, results: Sequence, header: _Header, color: bool) -> None:  # noqa: ANN001
-    from gpt2cli.scoring import rank_bucket, total
+class _ShowWriter(_Writer):
+    """The GLTR view: each text with its tokens marked by rank bucket, then a legend."""
 
-    counts = [0] * len(_BUCKET_NAMES)
-    for number, result in enumerate(results):
-        if number:
-            out.write("\n")
-        buckets = {
-            int(p): rank_bucket(int(r))
-            for p, r in zip(result.tokens.positions, result.tokens.ranks, strict=True)
-        }
-        for bucket in buckets.values():
-            counts[bucket] += 1
-        out.write(_render(tokenizer, result.ids, buckets, color) + "\n")
-    scored = sum(counts) or 1
-    if color:
-        keys = [
-            f"\x1b[{s}m {n} \x1b[0m" for s, n in zip(_BUCKET_STYLES, _BUCKET_NAMES, strict=True)
-        ]
-    else:
-        keys = [f"{{{i + 1}}} {n}" for i, n in enumerate(_BUCKET_NAMES)]
-    legend = "  ".join(
-        f"{key} {count} ({100 * count / scored:.0f}%)"
-        for key, count in zip(keys, counts, strict=True)
-    )
-    stats = total(results)
-    out.write(f"\n{legend}\nperplexity {_number(stats.perplexity)} over {stats.tokens} tokens "
-              f"({header.describe()})\n")  # fmt: skip
+    def __init__(self, out: IO[str], header: _Header, tokenizer, color: bool) -> None:  # noqa: ANN001
+        super().__init__(out, header)
+        self.tokenizer = tokenizer
+        self.color = color
+        self.buckets = [0] * len(_BUCKET_NAMES)
+
+    def rows(self, results: Sequence, sources: Sequence[str]) -> None:
+        from gpt2cli.scoring import rank_bucket
+
+        for number, result in enumerate(results, self.count):
+            if number:
+                self.out.write("\n")
+            buckets = {
+                int(p): rank_bucket(int(r))
+                for p, r in zip(result.tokens.positions, result.tokens.ranks, strict=True)
+            }
+            for bucket in buckets.values():
+                self.buckets[bucket] += 1
+            self.out.write(_render(self.tokenizer, result.ids, buckets, self.color) + "\n")
+
+    def close(self) -> None:
+        scored = sum(self.buckets) or 1
+        if self.color:
+            keys = [
+                f"\x1b[{s}m {n} \x1b[0m" for s, n in zip(_BUCKET_STYLES, _BUCKET_NAMES, strict=True)
+            ]
+        else:
+            keys = [f"{{{i + 1}}} {n}" for i, n in enumerate(_BUCKET_NAMES)]
+        legend = "  ".join(
+            f"{key} {count} ({100 * count / scored:.0f}%)"
+            for key, count in zip(keys, self.buckets, strict=True)
+        )
+        self.out.write(f"\n{legend}\nperplexity {_number(self.total.perplexity)} over "
+                       f"{self.total.tokens} tokens ({self.header.describe()})\n")  # fmt: skip
 
 
 def _render(tokenizer, ids: list[int], buckets: dict[int, int], color: bool) -> str:  # noqa: ANN001
@@ -418,6 +578,7 @@ def _render(tokenizer, ids: list[int], buckets: dict[int, int], color: bool) -> 
 
 
 def _mark(segment: str, bucket: int, color: bool) -> str:
+    segment = _visible(segment)
     if bucket < 0:
         return segment
     if color:
