@@ -142,3 +142,15 @@ def test_onnxruntime_logs_nothing_unless_debug(tiny_onnx_dir: Path) -> None:
         assert log_severity() == 2
     finally:
         Settings.debug = saved
+
+
+def test_onnxruntime_failures_at_run_time_are_one_model_error(tiny_onnx_dir: Path) -> None:
+    import numpy as np
+
+    from gpt2cli.loader import load_backend
+
+    backend = load_backend(str(tiny_onnx_dir))
+    ids = np.array([[1]], dtype=np.int64)
+    mask = np.ones((1, 1), dtype=np.int64)
+    with pytest.raises(ModelError, match=r"model\.onnx: onnxruntime failed: "):
+        backend.forward(ids, mask, np.array([[5000]], dtype=np.int64))  # past the position table

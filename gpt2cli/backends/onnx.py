@@ -245,19 +245,25 @@ def inconsistent(path: Path, what: str) -> ModelError:
 
 def check_tables(path: Path, info: ModelInfo) -> None:
     """The embedding tables in model.onnx against config.json, read before any weight is:
-    model.onnx's inputs say nothing of the context length."""
-    dims = initializer_dims(path, set(_TABLES))
-    wte, wpe = dims.get(_TABLES[0]), dims.get(_TABLES[1])
-    if wte and wte != [info.vocab_size, info.n_embd]:
-        raise inconsistent(
-            path, f"config.json says vocab_size {info.vocab_size} and n_embd {info.n_embd}, "
-            f"but model.onnx's token table is {'x'.join(map(str, wte))}"
-        )
-    if wpe and wpe != [info.n_positions, info.n_embd]:
-        raise inconsistent(
-            path, f"config.json says n_positions {info.n_positions} and n_embd {info.n_embd}, "
-            f"but model.onnx's position table is {'x'.join(map(str, wpe))}"
-        )
+    model.onnx's inputs say nothing of the context length. int4 exports store the tables as
+    `<name>_Q4` (rows unchanged); an index past their end is not even an error there."""
+    dims = initializer_dims(path, {*_TABLES, *(f"{name}_Q4" for name in _TABLES)})
+    checks = (
+        (_TABLES[0], info.vocab_size, f"vocab_size {info.vocab_size}", "token"),
+        (_TABLES[1], info.n_positions, f"n_positions {info.n_positions}", "position"),
+    )
+    for name, rows, says, what in checks:
+        table, quantized = dims.get(name), dims.get(f"{name}_Q4")
+        if table and table != [rows, info.n_embd]:
+            raise inconsistent(
+                path, f"config.json says {says} and n_embd {info.n_embd}, "
+                f"but model.onnx's {what} table is {'x'.join(map(str, table))}"
+            )
+        if quantized and quantized[0] != rows:
+            raise inconsistent(
+                path, f"config.json says {says}, but model.onnx's {what} table has "
+                f"{quantized[0]} rows"
+            )
 
 
 def check_graph(
