@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import signal
@@ -292,6 +293,22 @@ class _ClosedStdout:
         raise OSError(errno.EBADF, "stdout is closed")
 
 
+def _hold_closed_descriptors() -> None:
+    """Open /dev/null on standard descriptors that were closed at startup, so that the next
+    file opened (a model, a database of onnxruntime's) does not become stdout for C code."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.append(fd)
+    Settings.closed_descriptors = frozenset(closed)
+
+
 def _standard_streams() -> None:
     """UTF-8 on stdout whatever the locale (as `cat` passes bytes through), escapes for what
     stderr cannot show, and stand-ins for closed descriptors."""
@@ -311,6 +328,7 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     sys.unraisablehook = _unraisable
+    _hold_closed_descriptors()
     _standard_streams()
     if not color_allowed():
         # Rich (help screens) keeps bold under NO_COLOR; as a non-terminal it writes no codes.

@@ -26,6 +26,9 @@ class Settings:
     quiet: bool = False
     debug: bool = False
     interrupted: int = 0  # the signal (SIGINT, SIGTERM) that asked the process to stop, if any
+    # Standard descriptors the process was started without (`>&-`); /dev/null holds their
+    # numbers so that no file opened later takes them.
+    closed_descriptors: frozenset[int] = frozenset()
 
 
 def color_allowed() -> bool:
@@ -195,6 +198,8 @@ def _descriptor(path: str) -> int | None:
 
 
 def _check_descriptor(shown: str, descriptor: int) -> None:
+    if descriptor in Settings.closed_descriptors:
+        raise InputError(f"{shown}: descriptor {descriptor} is not open")
     try:
         flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
     except OSError:
