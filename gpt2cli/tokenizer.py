@@ -16,6 +16,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 from gpt2cli.errors import InputError, ModelError
+from gpt2cli.inputs import GPT2_SPLITS, SplitRule
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -25,6 +26,7 @@ GPT2_PATTERN = (
 )
 ENDOFTEXT = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
+GPT2_MAX_TOKEN_BYTES = 128
 # --threads above this many per usable CPU only thrash (and thousands hang onnxruntime).
 THREADS_PER_CPU = 4
 
@@ -48,7 +50,6 @@ def check_threads(threads: int | None) -> int | None:
     return threads
 
 
-
 class Tokenizer:
     """The interface every command uses."""
 
@@ -67,6 +68,15 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
+
+    def split_rule(self) -> SplitRule | None:
+        """Where a text may be cut and encoded in pieces with the same ids; None: nowhere."""
+        return None
+
+    @property
+    def max_token_bytes(self) -> int | None:
+        """The longest token in bytes (a text of n bytes has at least n / this many tokens)."""
+        return None
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return b"".join(self.token_bytes(i) for i in ids)
@@ -129,6 +139,13 @@ class GPT2Tokenizer(Tokenizer):
     def token_bytes(self, token_id: int) -> bytes:
         return self._encoding.decode_single_token_bytes(token_id)
 
+    def split_rule(self) -> SplitRule:
+        return GPT2_SPLITS
+
+    @property
+    def max_token_bytes(self) -> int:
+        return GPT2_MAX_TOKEN_BYTES
+
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return self._encoding.decode_bytes(ids)
 
@@ -174,6 +191,33 @@ class HFTokenizer(Tokenizer):
             for token_id, added in tokenizer.get_added_tokens_decoder().items()
         }
         self._bytes_cache: dict[int, bytes] = {}
+        self._facts: tuple[SplitRule | None, int | None] | None = None
+
+    def split_rule(self) -> SplitRule | None:
+        return self._vocab_facts()[0]
+
+    @property
+    def max_token_bytes(self) -> int | None:
+        return self._vocab_facts()[1]
+
+    def _vocab_facts(self) -> tuple[SplitRule | None, int | None]:
+        """The split rule and longest token, for a GPT-2-style byte-level BPE; else None."""
+        if self._facts is None:
+            self._facts = (None, None)
+            if _gpt2_style(self._tokenizer):
+                decoder = _byte_decoder()
+                try:
+                    tokens = [
+                        bytes(decoder[c] for c in piece)
+                        for piece in self._tokenizer.get_vocab(with_added_tokens=False)
+                    ]
+                except KeyError:  # not GPT-2's byte alphabet
+                    return self._facts
+                added = self._tokenizer.get_added_tokens_decoder().values()
+                specials = [a.content for a in added]
+                longest = max([len(t) for t in tokens] + [len(s.encode()) for s in specials])
+                self._facts = (SplitRule.from_vocab(tokens, specials), longest)
+        return self._facts
 
     def id_bound(self) -> int:
         """One more than the largest id the tokenizer can produce (ids may be sparse)."""
@@ -228,6 +272,24 @@ class HFTokenizer(Tokenizer):
                 cached = bytes(decoder[c] for c in piece)
             self._bytes_cache[token_id] = cached
         return cached
+
+
+def _gpt2_style(tokenizer) -> bool:  # noqa: ANN001
+    """Whether a `tokenizers` tokenizer pre-tokenizes and encodes as GPT-2 does: byte-level BPE
+    with GPT-2's regex, no normalizer, and added tokens without whitespace that strip none."""
+    from tokenizers import models, pre_tokenizers
+
+    pre, model = tokenizer.pre_tokenizer, tokenizer.model
+    if tokenizer.normalizer is not None or not isinstance(model, models.BPE):
+        return False
+    if not isinstance(pre, pre_tokenizers.ByteLevel) or pre.add_prefix_space or not pre.use_regex:
+        return False
+    if model.dropout or model.continuing_subword_prefix or model.end_of_word_suffix:
+        return False
+    return all(
+        not a.lstrip and not a.rstrip and a.content and not any(c.isspace() for c in a.content)
+        for a in tokenizer.get_added_tokens_decoder().values()
+    )
 
 
 def encode_stream(

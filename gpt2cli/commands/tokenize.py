@@ -136,7 +136,7 @@ def _stream_ids(
                 out.write(" ".join(map(str, ids)) + "\n")
         return counts
     for source in resolve_sources(texts, files):
-        chunks = iter_safe_chunks(source, CHUNK_CHARS, replace_invalid)
+        chunks = iter_safe_chunks(source, CHUNK_CHARS, replace_invalid, tokenizer.split_rule())
         total = 0
         for ids in encode_stream(tokenizer, chunks, threads, BATCH):
             if ids and not count_only:
