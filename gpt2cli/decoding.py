@@ -9,14 +9,15 @@ and repetition penalties are per row, counting real tokens only (identical for u
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from gpt2cli.backends.base import Backend, position_ids_from_mask
-from gpt2cli.errors import InputError
+from gpt2cli.errors import InputError, ModelError
+from gpt2cli.tokenizer import Limited, Tokenizer, encode_limited
 
 # transformers' GenerationConfig defaults for the parameters we support.
 TRANSFORMERS_DEFAULTS: dict[str, Any] = {
@@ -32,6 +33,11 @@ TRANSFORMERS_DEFAULTS: dict[str, Any] = {
     "repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0,
 }
+
+# Sequences per prompt, at most: OpenAI's API caps its `n` at 128 too. More are refused up
+# front; rows (prompts x sequences) stream through the model --batch-size rows at a time.
+MAX_NUM_RETURN_SEQUENCES = 128
+MODEL_FAULT = "(a fault in the model's files)"
 
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
@@ -71,11 +77,13 @@ class GenerationParams:
         *,
         eos_token_id: int | None = None,
         name: Callable[[str], str] = cli_name,
+        model_source: str = "the model's generation config",
     ) -> GenerationParams:
         """transformers' defaults, then the model's generation defaults, then `overrides`.
 
         `overrides` may also hold stop, seed and truncate_left; None values are ignored.
-        Out-of-range values raise InputError naming the parameter with `name`.
+        Out-of-range values raise InputError naming the parameter with `name`; a value that
+        comes from the model (`model_source`) is the model's fault, a ModelError.
         """
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = dict(TRANSFORMERS_DEFAULTS)
@@ -97,15 +105,26 @@ class GenerationParams:
         values.setdefault("pad_token_id", pad)
         values["stop"] = tuple(values.get("stop") or ())
         params = cls(**values)
-        params.validate(name)
+        from_model = {k for k in model_defaults if k in TRANSFORMERS_DEFAULTS} - set(given)
+        params.validate(name, from_model, model_source)
         return params
 
-    def validate(self, name: Callable[[str], str] = cli_name) -> None:
-        """Raise InputError for values transformers would reject (or that make no sense)."""
+    def validate(
+        self,
+        name: Callable[[str], str] = cli_name,
+        from_model: Collection[str] = (),
+        model_source: str = "the model's generation config",
+    ) -> None:
+        """Raise InputError for values transformers would reject (or that make no sense), or
+        ModelError where the value came from the model (the parameters in `from_model`)."""
 
         def check(ok: bool, parameter: str, what: str, hint: str = "") -> None:
             if not ok:
                 got = getattr(self, parameter)
+                if parameter in from_model:
+                    raise ModelError(
+                        f"{model_source}: {parameter}: {what}, got {got!r} {MODEL_FAULT}"
+                    )
                 raise InputError(f"{name(parameter)}: {what}, got {got!r}{hint}")
 
         positive = "must be a strictly positive number"
@@ -115,6 +134,11 @@ class GenerationParams:
         check(self.min_length >= 0, "min_length", "must be >= 0")
         check(min_new is None or min_new >= 0, "min_new_tokens", "must be >= 0")
         check(self.num_return_sequences >= 1, "num_return_sequences", "must be >= 1")
+        check(
+            self.num_return_sequences <= MAX_NUM_RETURN_SEQUENCES,
+            "num_return_sequences",
+            f"must be at most {MAX_NUM_RETURN_SEQUENCES}",
+        )
         do_sample = name("do_sample")
         greedy = "--greedy" if do_sample.startswith("--") else f"{do_sample} false"
         greedy_hint = f" (for greedy decoding use {greedy})"
@@ -482,6 +506,77 @@ def _stop_prefix_overlap(data: bytearray, stops: Sequence[bytes]) -> int:
     return longest
 
 
+def check_context(params: GenerationParams, context: int, name: Callable[[str], str]) -> None:
+    """An explicit total length must fit the model's context."""
+    if params.max_new_tokens is None and params.max_length > context:
+        raise InputError(
+            f"{name('max_length')} {params.max_length} is over the model's context "
+            f"of {context} tokens"
+        )
+
+
+def encode_prompt(
+    tokenizer: Tokenizer, prompt: Prompt, params: GenerationParams, context: int
+) -> Limited:
+    """A prompt's ids, encoded only as far as the context needs: a prompt past the room left
+    for new tokens is refused from its first chunks on; with truncate_left only its last
+    tokens are kept (memory bounded by a chunk, whatever the prompt's length)."""
+    if params.max_new_tokens is None:
+        return encode_limited(tokenizer, prompt.text, params.max_length - 1, "count", prompt.source)
+    room = max(context - params.max_new_tokens, 1)
+    keep = "tail" if params.truncate_left else "count"
+    return encode_limited(tokenizer, prompt.text, room, keep, prompt.source)
+
+
+def plan_prompt(
+    prompt: Prompt,
+    encoded: Limited,
+    params: GenerationParams,
+    context: int,
+    prompt_index: int,
+    name: Callable[[str], str] = cli_name,
+) -> list[GeneratedSequence]:
+    """The return sequences of one encoded prompt, its length checked against the context
+    (left truncation only when params.truncate_left)."""
+    if not encoded.total:
+        raise InputError(f"{prompt.source}: the prompt is empty")
+    budget = params.new_token_budget(encoded.total)
+    if budget < 1:
+        raise InputError(
+            f"{prompt.source}: the prompt is {encoded.count} tokens, which leaves nothing to "
+            f"generate under {name('max_length')} {params.max_length}; "
+            f"give {name('max_new_tokens')} instead"
+        )
+    ids, dropped = encoded.ids, 0
+    if encoded.total + budget > context:
+        keep = context - budget
+        if not params.truncate_left or keep < 1 or not encoded.exact:
+            hint = (
+                "pass --truncate left to keep the end of the prompt, or ask for fewer tokens"
+                if keep >= 1
+                else f"ask for fewer than {context} new tokens"
+            )
+            total = f"{encoded.total + budget}" + ("" if encoded.exact else "+")
+            raise InputError(
+                f"{prompt.source}: the prompt is {encoded.count} tokens and {budget} new tokens "
+                f"were asked for: {total} is over the model's context of {context} tokens "
+                f"({hint})"
+            )
+        dropped = encoded.total - keep
+        ids = ids[len(ids) - keep :]
+    return [
+        GeneratedSequence(
+            prompt_index=prompt_index,
+            sequence_index=sequence_index,
+            prompt=prompt,
+            prompt_ids=list(ids),
+            truncated_tokens=dropped,
+            budget=budget,
+        )
+        for sequence_index in range(params.num_return_sequences)
+    ]
+
+
 def plan_sequences(
     prompts: Sequence[Prompt],
     prompt_ids: Sequence[list[int]],
@@ -490,52 +585,36 @@ def plan_sequences(
     first_index: int = 0,
     name: Callable[[str], str] = cli_name,
 ) -> list[GeneratedSequence]:
-    """One GeneratedSequence per prompt and return sequence, with lengths checked against the
-    context (left truncation only when params.truncate_left)."""
-    if params.max_new_tokens is None and params.max_length > context:
-        raise InputError(
-            f"{name('max_length')} {params.max_length} is over the model's context "
-            f"of {context} tokens"
-        )
+    """One GeneratedSequence per prompt and return sequence, for prompts encoded whole."""
+    check_context(params, context, name)
     sequences = []
     for offset, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
-        if not ids:
-            raise InputError(f"{prompt.source}: the prompt is empty")
-        budget = params.new_token_budget(len(ids))
-        if budget < 1:
-            raise InputError(
-                f"{prompt.source}: the prompt is {len(ids)} tokens, which leaves nothing to "
-                f"generate under {name('max_length')} {params.max_length}; "
-                f"give {name('max_new_tokens')} instead"
-            )
-        dropped = 0
-        if len(ids) + budget > context:
-            keep = context - budget
-            if not params.truncate_left or keep < 1:
-                hint = (
-                    "pass --truncate left to keep the end of the prompt, or ask for fewer tokens"
-                    if keep >= 1
-                    else f"ask for fewer than {context} new tokens"
-                )
-                raise InputError(
-                    f"{prompt.source}: the prompt is {len(ids)} tokens and {budget} new tokens "
-                    f"were asked for: {len(ids) + budget} is over the model's context of "
-                    f"{context} tokens ({hint})"
-                )
-            dropped = len(ids) - keep
-            ids = ids[dropped:]
-        for sequence_index in range(params.num_return_sequences):
-            sequences.append(
-                GeneratedSequence(
-                    prompt_index=first_index + offset,
-                    sequence_index=sequence_index,
-                    prompt=prompt,
-                    prompt_ids=list(ids),
-                    truncated_tokens=dropped,
-                    budget=budget,
-                )
-            )
+        encoded = Limited(ids, len(ids))
+        sequences += plan_prompt(prompt, encoded, params, context, first_index + offset, name)
     return sequences
+
+
+def plan_rows(
+    tokenizer: Tokenizer,
+    prompts: Iterable[Prompt],
+    params: GenerationParams,
+    context: int,
+    rows: int,
+    name: Callable[[str], str] = cli_name,
+) -> Iterator[list[GeneratedSequence]]:
+    """Batches of at most `rows` sequences (prompts x return sequences), in output order; a
+    prompt's sequences may span batches. Each prompt is encoded when its batch is planned."""
+    check_context(params, context, name)
+    batch: list[GeneratedSequence] = []
+    for index, prompt in enumerate(prompts):
+        encoded = encode_prompt(tokenizer, prompt, params, context)
+        for sequence in plan_prompt(prompt, encoded, params, context, index, name):
+            batch.append(sequence)
+            if len(batch) == rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,19 +730,17 @@ def generate(
     params: GenerationParams,
     batch_size: int = 1,
 ) -> list[GeneratedSequence]:
-    """Generate for `prompts` (batches of `batch_size` prompts); sequences in input order."""
+    """Generate for `prompts` (batches of `batch_size` rows: prompts x return sequences);
+    sequences in input order."""
     decoder = Decoder(backend, params)
     items = [
         p if isinstance(p, Prompt) else Prompt(p, f"prompt {i}")
         for i, p in enumerate(prompts)
     ]
     out: list[GeneratedSequence] = []
-    first = 0
-    for batch in batched(items, batch_size):
-        ids = backend.tokenizer.encode_batch([p.text for p in batch])
-        sequences = plan_sequences(batch, ids, params, backend.info.n_positions, first)
+    context = backend.info.n_positions
+    for sequences in plan_rows(backend.tokenizer, items, params, context, batch_size):
         for _ in decoder.run(sequences):
             pass
         out.extend(sequences)
-        first += len(batch)
     return out

@@ -14,6 +14,7 @@ import numpy as np
 
 from gpt2cli.backends.base import Backend
 from gpt2cli.errors import InputError
+from gpt2cli.tokenizer import encode_limited
 
 DEFAULT_BATCH_SIZE = 16
 MAX_BATCH_TOKENS = 16384  # padded tokens in one forward pass
@@ -28,7 +29,7 @@ class Embedded:
 
     index: int
     tokens: int  # tokens fed to the model (after truncation)
-    text_tokens: int  # tokens in the text
+    text_tokens: int  # tokens in the text (past the context, a lower bound: encoding stops)
     vector: np.ndarray  # (C,), or (tokens, C) with pooling none
 
     @property
@@ -82,18 +83,22 @@ def encode_texts(
     backend: Backend, texts: Sequence[str], sources: Sequence[str], truncate: bool
 ) -> list[Encoded]:
     """Tokenize `texts`; a text longer than the context is an InputError unless `truncate`,
-    which keeps its first tokens."""
+    which keeps its first tokens. A text is encoded only up to the context (in chunks that
+    encode exactly as the whole), so a long one costs no more than its first chunks."""
     context = backend.info.n_positions
     encoded = []
-    for ids, source in zip(backend.tokenizer.encode_batch(list(texts)), sources, strict=True):
-        if not ids:
+    for text, source in zip(texts, sources, strict=True):
+        limited = encode_limited(
+            backend.tokenizer, text, context, "head" if truncate else "count", source
+        )
+        if not limited.total:
             raise InputError(f"{source}: no tokens to embed")
-        if len(ids) > context and not truncate:
+        if limited.total > context and not truncate:
             raise InputError(
-                f"{source}: {len(ids)} tokens, more than the model's context of {context} "
+                f"{source}: {limited.count} tokens, more than the model's context of {context} "
                 "(pass --truncate to keep the first tokens)"
             )
-        encoded.append(Encoded(ids[:context], len(ids)))
+        encoded.append(Encoded(limited.ids[:context], limited.total))
     return encoded
 
 

@@ -10,13 +10,14 @@ import binascii
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 from gpt2cli.errors import InputError, ModelError
-from gpt2cli.inputs import GPT2_SPLITS, SplitRule
+from gpt2cli.inputs import GPT2_SPLITS, SplitRule, split_chunks
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -290,6 +291,69 @@ def _gpt2_style(tokenizer) -> bool:  # noqa: ANN001
         not a.lstrip and not a.rstrip and a.content and not any(c.isspace() for c in a.content)
         for a in tokenizer.get_added_tokens_decoder().values()
     )
+
+
+ENCODE_CHUNK_CHARS = 1 << 16  # the chunk size for encoding a long text in pieces
+# A run this long with no split point cannot be cut to a head or tail without encoding it whole.
+MAX_UNSPLIT_CHARS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Limited:
+    """A text's token ids as far as a limit needed them: `ids` (all, or the head or tail kept)
+    and `total`, the text's token count, or a lower bound of it when not `exact`."""
+
+    ids: list[int]
+    total: int
+    exact: bool = True
+
+    @property
+    def count(self) -> str:
+        """The token count for messages: '1100', or '15000+' when encoding stopped early."""
+        return f"{self.total}" if self.exact else f"{self.total}+"
+
+
+def encode_limited(
+    tokenizer: Tokenizer, text: str, limit: int, keep: str, source: str = "input"
+) -> Limited:
+    """Encode `text` only as far as `limit` tokens need, in chunks that encode exactly as the
+    whole text (memory bounded by a chunk, not by the text).
+
+    keep "head": the first `limit` ids; stops at the first chunk past the limit (the total is
+    then a lower bound). keep "count": the same, for a text that is refused past the limit: a
+    chunk too long to hold `limit` tokens is not encoded at all.
+    keep "tail": the last `limit` ids and the exact total; every chunk is encoded, only the
+    last ids are kept. Without a split rule (another pre-tokenizer) the text is encoded whole.
+    """
+    longest = tokenizer.max_token_bytes
+    chunks = split_chunks([text], ENCODE_CHUNK_CHARS, tokenizer.split_rule())
+    if keep == "tail":
+        tail: deque[int] = deque(maxlen=max(limit, 0))
+        total = 0
+        for ids in encode_stream(tokenizer, _checked(chunks, source)):
+            tail.extend(ids)
+            total += len(ids)
+        return Limited(list(tail), total)
+    head: list[int] = []
+    for chunk in chunks:
+        room = limit + 1 - len(head)
+        if keep == "count" and longest and len(chunk) > room * longest:  # tokens <= longest
+            return Limited(head[:limit], len(head) + -(-len(chunk) // longest), exact=False)
+        head += tokenizer.encode(next(_checked([chunk], source)))
+        if len(head) > limit:
+            exact = next(chunks, None) is None  # the last chunk: the count is the text's
+            return Limited(head[:limit], len(head), exact)
+    return Limited(head, len(head))
+
+
+def _checked(chunks: Iterable[str], source: str) -> Iterator[str]:
+    for chunk in chunks:
+        if len(chunk) > MAX_UNSPLIT_CHARS:
+            raise InputError(
+                f"{source}: over {MAX_UNSPLIT_CHARS >> 20}M characters with no point where the "
+                "tokenizer's output can be cut; too long to truncate"
+            )
+        yield chunk
 
 
 def encode_stream(

@@ -14,6 +14,9 @@ from gpt2cli.outputs import output_stream, to_json
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_BATCH_SIZE = 8
+# Rows decoded together, at most (vLLM's default max_num_seqs is 256 too): each holds a KV cache
+# of up to the context's length.
+MAX_BATCH_ROWS = 256
 GENERATION = "Generation (transformers' names; defaults: the model's generation config)"
 OUTPUT = "Output"
 
@@ -127,7 +130,15 @@ def generate(
         ),
     ] = None,
     batch_size: Annotated[
-        int, _option("--batch-size", "-b", min=1, help="Prompts per batch (8).", panel=OUTPUT)
+        int,
+        _option(
+            "--batch-size",
+            "-b",
+            min=1,
+            max=MAX_BATCH_ROWS,
+            help=f"Rows (prompts x sequences) per forward pass (8; at most {MAX_BATCH_ROWS}).",
+            panel=OUTPUT,
+        ),
     ] = DEFAULT_BATCH_SIZE,
     request: Annotated[
         str | None,
@@ -189,7 +200,8 @@ def generate(
     sources = resolve_sources(texts, files)  # fail on missing input before loading the model
     located = locate_model(model or DEFAULT_MODEL, backend)
     params = GenerationParams.resolve(  # bad parameters fail before the weights load
-        located.info.generation_defaults, overrides, eos_token_id=located.info.eos_token_id
+        located.info.generation_defaults, overrides, eos_token_id=located.info.eos_token_id,
+        model_source=str(located.directory / "generation_config.json"),
     )
     engine = load_backend(located, backend, device, dtype, threads)
     if separator is None:
@@ -214,24 +226,22 @@ def generate(
         writer.close()
 
 
-def _run(engine, params, prompts, batch_size: int) -> Iterator[tuple[list, Iterator[None]]]:  # noqa: ANN001
-    """For each batch: its sequences and the decode steps that fill them in."""
-    from gpt2cli.decoding import Decoder, Prompt, batched, plan_sequences
+def _run(engine, params, prompts, batch_size: int, name=None) -> Iterator[tuple[list, Iterator[None]]]:  # noqa: ANN001, E501
+    """For each batch of at most `batch_size` rows (prompts x return sequences): its sequences
+    and the decode steps that fill them in. Prompts are read and encoded as batches need them."""
+    from gpt2cli.decoding import Decoder, Prompt, cli_name, plan_rows
+    from gpt2cli.outputs import warn
 
     decoder = Decoder(engine, params)
-    first = 0
-    for batch in batched(prompts, batch_size):
-        items = [Prompt(t.text, t.source) for t in batch]
-        ids = engine.tokenizer.encode_batch([p.text for p in items])
-        sequences = plan_sequences(items, ids, params, engine.info.n_positions, first)
+    items = (Prompt(t.text, t.source) for t in prompts)
+    context = engine.info.n_positions
+    for sequences in plan_rows(engine.tokenizer, items, params, context, batch_size,
+                               name or cli_name):
         for seq in sequences:
             if seq.truncated_tokens and seq.sequence_index == 0:
-                from gpt2cli.outputs import warn
-
                 warn(f"{seq.prompt.source}: dropped the first {seq.truncated_tokens} prompt tokens "
                      "to fit the context (--truncate left)")
         yield sequences, decoder.run(sequences)
-        first += len(batch)
 
 
 class SequenceWriter:
@@ -338,15 +348,19 @@ def _answer_request(request_path: str, overrides: dict[str, Any], return_full_te
     request = parse_request(body.text, body.source, replace_invalid)
     located = locate_model(model or DEFAULT_MODEL, backend)
     merged = {**overrides, **request.parameters}
+
+    def name(key: str) -> str:
+        return request.field(key) if key in request.parameters else cli_name(key)
+
     params = GenerationParams.resolve(
         located.info.generation_defaults, merged, eos_token_id=located.info.eos_token_id,
-        name=lambda k: request.field(k) if k in request.parameters else cli_name(k),
+        name=name, model_source=str(located.directory / "generation_config.json"),
     )
     engine = load_backend(located, backend, device, dtype, threads)
     full_text = next(v for v in (request.return_full_text, return_full_text, True) if v is not None)
     prompts = [Text(text, request.prompt_source(i)) for i, text in enumerate(request.prompts)]
     texts: list[list[str]] = [[] for _ in prompts]
-    for sequences, steps in _run(engine, params, prompts, batch_size):
+    for sequences, steps in _run(engine, params, prompts, batch_size, name):
         for _ in steps:
             pass
         for seq in sequences:
