@@ -136,16 +136,18 @@ def _empty_error(name: str, text: str) -> InputError:
 
 def iter_lines(pieces: Iterable[str]) -> Iterator[tuple[int, str]]:
     """Split decoded pieces into (line number, line) pairs, without line terminators."""
-    pending = ""
+    pending: list[str] = []  # the current line's pieces: a long line is joined once
     number = 0
     for piece in pieces:
-        pending += piece
-        *complete, pending = pending.split("\n")
+        *complete, rest = piece.split("\n")
         for line in complete:
             number += 1
-            yield number, line.removesuffix("\r")
+            yield number, ("".join(pending) + line if pending else line).removesuffix("\r")
+            pending = []
+        if rest:
+            pending.append(rest)
     if pending:
-        yield number + 1, pending.removesuffix("\r")
+        yield number + 1, "".join(pending).removesuffix("\r")
 
 
 def iter_texts(
