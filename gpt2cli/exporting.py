@@ -89,6 +89,8 @@ def export_model(
 ) -> dict[str, Any]:
     """Export `model` (Hub id or directory) to `outdir`; returns the manifest written there."""
     options = options or ExportOptions()
+    if not model.strip():
+        raise InputError("MODEL: the model name is empty; give a Hub model id or a directory")
     if options.quantize not in (None, *QUANTIZATIONS):
         raise InputError(f"--quantize: expected int8 or int4, got {options.quantize!r}")
     if options.block_size not in BLOCK_SIZES:

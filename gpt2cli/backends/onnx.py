@@ -11,8 +11,11 @@ path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,13 +39,36 @@ def import_onnxruntime() -> Any:
     """onnxruntime, with its own logging silenced (errors come back as exceptions) unless
     --debug: its default logger colours lines and writes them straight to stderr."""
     try:
-        import onnxruntime
+        with _stderr_silenced():
+            # The import itself may log (a telemetry device id that cannot be saved when HOME is
+            # not writable) before any severity can be set.
+            import onnxruntime
     except ImportError:
         raise CliError(
             "onnxruntime is not importable; it is a core dependency: reinstall gpt2cli"
         ) from None
     onnxruntime.set_default_logger_severity(log_severity())
     return onnxruntime
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a while (not under --debug)."""
+    from gpt2cli.outputs import Settings
+
+    if Settings.debug or "onnxruntime" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def log_severity() -> int:

@@ -176,7 +176,7 @@ def generate(
         "repetition_penalty": repetition_penalty,
         "no_repeat_ngram_size": no_repeat_ngram_size,
         "seed": seed,
-        "stop": tuple(unescape(s) for s in stop) if stop else None,
+        "stop": tuple(unescape(s, "--stop") for s in stop) if stop else None,
         "truncate_left": truncate == Truncate.left,
     }
     if request is not None:
@@ -195,6 +195,8 @@ def generate(
     fmt = output_format or OutputFormat.text
     if fmt != OutputFormat.text and separator is not None:
         raise InputError("--separator applies to --format text only")
+    if separator is not None:
+        separator = unescape(separator, "--separator")
     if stream and output not in (None, "-"):
         raise InputError("--stream writes to stdout, not to -o")
     sources = resolve_sources(texts, files)  # fail on missing input before loading the model
@@ -214,7 +216,7 @@ def generate(
         if fmt == OutputFormat.text:
             to_terminal = output in (None, "-") and sys.stdout.isatty()
             live = to_terminal if stream is None else stream
-            writer = TextWriter(out, unescape(separator), full_text, params.stop, live)
+            writer = TextWriter(out, separator, full_text, params.stop, live)
         else:
             writer = JsonWriter(out, full_text, lines=fmt == OutputFormat.jsonl)
         for sequences, steps in _run(engine, params, prompts, batch_size):
@@ -369,11 +371,18 @@ def _answer_request(request_path: str, overrides: dict[str, Any], return_full_te
         out.write(to_json(request.answer(texts)) + "\n")
 
 
-def unescape(value: str) -> str:
-    r"""Backslash escapes in option values: \n, \t, \0, \\, \xHH, \uXXXX."""
+def unescape(value: str, option: str) -> str:
+    r"""Backslash escapes in option values: \n, \t, \0, \\, \xHH, \uXXXX; `option` names the
+    option in errors."""
     if "\\" not in value:
         return value
     try:
-        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        text = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{value!r}: bad backslash escape ({exc.reason})") from None
+        raise InputError(f"{option}: {value!r}: bad backslash escape ({exc.reason})") from None
+    surrogate = next((ch for ch in text if "\ud800" <= ch <= "\udfff"), None)
+    if surrogate is not None:
+        raise InputError(
+            f"{option}: {value!r}: \\u{ord(surrogate):04x} is a lone surrogate, not a character"
+        )
+    return text
