@@ -539,7 +539,10 @@ def plan_prompt(
     """The return sequences of one encoded prompt, its length checked against the context
     (left truncation only when params.truncate_left)."""
     if not encoded.total:
-        raise InputError(f"{prompt.source}: the prompt is empty")
+        raise InputError(
+            f"{prompt.source}: the model's tokenizer gives no tokens for this text "
+            "(it is not empty: the tokenizer drops all of it)"
+        )
     budget = params.new_token_budget(encoded.total)
     if budget < 1:
         raise InputError(

@@ -92,7 +92,10 @@ def encode_texts(
             backend.tokenizer, text, context, "head" if truncate else "count", source
         )
         if not limited.total:
-            raise InputError(f"{source}: no tokens to embed")
+            raise InputError(
+                f"{source}: the model's tokenizer gives no tokens for this text "
+                "(it is not empty: the tokenizer drops all of it)"
+            )
         if limited.total > context and not truncate:
             raise InputError(
                 f"{source}: {limited.count} tokens, more than the model's context of {context} "

@@ -49,6 +49,13 @@ def task_params(**values: Any) -> Callable[[Path], None]:
     return edit_json("config.json", change)
 
 
+def _drop_letters(tokenizer: dict[str, Any]) -> None:
+    tokenizer["normalizer"] = {"type": "Replace", "pattern": {"Regex": "[a-z]"}, "content": ""}
+
+
+_dropping_tokenizer = edit_json("tokenizer.json", _drop_letters)
+
+
 def extra_tokenizer_token(work: Path) -> None:
     """A tokenizer.json with one added token, id 50257: one past the model's vocabulary."""
     from tokenizers import AddedToken, Tokenizer
@@ -440,5 +447,22 @@ CASES: list[Case] = [
         0,
         model="tiny_onnx_dir",
         env={"HOME": "/proc/gpt2cli-home"},  # not creatable, even by root
+    ),
+    # A tokenizer that yields no ids for a non-empty text (item 19): said so, not "empty".
+    Case(
+        "models: generate, the model's tokenizer drops the whole text",
+        GENERATE + ("hello",),
+        2,
+        "argument 1: the model's tokenizer gives no tokens for this text (it is not empty",
+        model="tiny_onnx_dir",
+        prepare=_dropping_tokenizer,
+    ),
+    Case(
+        "models: embed, the model's tokenizer drops the whole text",
+        ("embed", "-m", "{model}", "hello"),
+        2,
+        "argument 1: the model's tokenizer gives no tokens for this text (it is not empty",
+        model="tiny_onnx_dir",
+        prepare=_dropping_tokenizer,
     ),
 ]
