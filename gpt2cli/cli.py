@@ -80,6 +80,15 @@ def _take_global_flags(args: list[str]) -> list[str]:
     return args
 
 
+# Engine parameters whose flag is not simply --name-with-dashes.
+CLI_NAMES = {"hidden_layer": "--layer", "truncate_left": "--truncate"}
+
+
+def cli_name(parameter: str) -> str:
+    """How an engine parameter is spelled on the command line."""
+    return CLI_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def _error(message: str) -> None:
     """The error as one line on stderr, with control characters shown escaped."""
     print(f"gpt2cli: error: {escape_controls(message)}", file=sys.stderr)
@@ -127,7 +136,7 @@ def run(args: list[str]) -> int:
     except CliError as exc:
         if Settings.debug:
             raise
-        _error(exc.message)
+        _error(exc.render(cli_name))
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -9,157 +9,19 @@ and repetition penalties are per row, counting real tokens only (identical for u
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gpt2cli.backends.base import Backend, position_ids_from_mask
-from gpt2cli.errors import InputError, ModelError
+from gpt2cli.errors import InputError, plain_name
+from gpt2cli.generation_params import GenerationParams
 from gpt2cli.tokenizer import Limited, Tokenizer, encode_limited
-
-# transformers' GenerationConfig defaults for the parameters we support.
-TRANSFORMERS_DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": None,
-    "max_length": 20,
-    "min_length": 0,
-    "min_new_tokens": None,
-    "num_return_sequences": 1,
-    "do_sample": False,
-    "temperature": 1.0,
-    "top_k": 50,
-    "top_p": 1.0,
-    "repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-}
-
-# Sequences per prompt, at most: OpenAI's API caps its `n` at 128 too. More are refused up
-# front; rows (prompts x sequences) stream through the model --batch-size rows at a time.
-MAX_NUM_RETURN_SEQUENCES = 128
-MODEL_FAULT = "(a fault in the model's files)"
 
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
-
-
-def cli_name(parameter: str) -> str:
-    """How a parameter is spelled on the command line, for error messages."""
-    return "--" + parameter.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Resolved generation parameters (transformers' names and meanings)."""
-
-    max_new_tokens: int | None = None
-    max_length: int = 20
-    min_length: int = 0
-    min_new_tokens: int | None = None
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    truncate_left: bool = False
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
-
-    @classmethod
-    def resolve(
-        cls,
-        model_defaults: dict[str, Any],
-        overrides: dict[str, Any],
-        *,
-        eos_token_id: int | None = None,
-        name: Callable[[str], str] = cli_name,
-        model_source: str = "the model's generation config",
-    ) -> GenerationParams:
-        """transformers' defaults, then the model's generation defaults, then `overrides`.
-
-        `overrides` may also hold stop, seed and truncate_left; None values are ignored.
-        Out-of-range values raise InputError naming the parameter with `name`; a value that
-        comes from the model (`model_source`) is the model's fault, a ModelError.
-        """
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = dict(TRANSFORMERS_DEFAULTS)
-        values.update({k: v for k, v in model_defaults.items() if k in TRANSFORMERS_DEFAULTS})
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - known
-        if unknown:
-            raise InputError(f"{name(sorted(unknown)[0])}: unknown generation parameter")
-        values.update(given)
-        if given.get("max_length") is not None and "max_new_tokens" not in given:
-            values["max_new_tokens"] = None  # an explicit max_length beats a default max_new_tokens
-
-        eos = model_defaults.get("eos_token_id", eos_token_id)
-        eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
-        pad = model_defaults.get("pad_token_id")
-        if pad is None:
-            pad = eos_ids[0] if eos_ids else 0
-        values.setdefault("eos_token_ids", eos_ids)
-        values.setdefault("pad_token_id", pad)
-        values["stop"] = tuple(values.get("stop") or ())
-        params = cls(**values)
-        from_model = {k for k in model_defaults if k in TRANSFORMERS_DEFAULTS} - set(given)
-        params.validate(name, from_model, model_source)
-        return params
-
-    def validate(
-        self,
-        name: Callable[[str], str] = cli_name,
-        from_model: Collection[str] = (),
-        model_source: str = "the model's generation config",
-    ) -> None:
-        """Raise InputError for values transformers would reject (or that make no sense), or
-        ModelError where the value came from the model (the parameters in `from_model`)."""
-
-        def check(ok: bool, parameter: str, what: str, hint: str = "") -> None:
-            if not ok:
-                got = getattr(self, parameter)
-                if parameter in from_model:
-                    raise ModelError(
-                        f"{model_source}: {parameter}: {what}, got {got!r} {MODEL_FAULT}"
-                    )
-                raise InputError(f"{name(parameter)}: {what}, got {got!r}{hint}")
-
-        positive = "must be a strictly positive number"
-        max_new, min_new = self.max_new_tokens, self.min_new_tokens
-        check(max_new is None or max_new >= 1, "max_new_tokens", "must be >= 1")
-        check(self.max_length >= 1, "max_length", "must be >= 1")
-        check(self.min_length >= 0, "min_length", "must be >= 0")
-        check(min_new is None or min_new >= 0, "min_new_tokens", "must be >= 0")
-        check(self.num_return_sequences >= 1, "num_return_sequences", "must be >= 1")
-        check(
-            self.num_return_sequences <= MAX_NUM_RETURN_SEQUENCES,
-            "num_return_sequences",
-            f"must be at most {MAX_NUM_RETURN_SEQUENCES}",
-        )
-        do_sample = name("do_sample")
-        greedy = "--greedy" if do_sample.startswith("--") else f"{do_sample} false"
-        greedy_hint = f" (for greedy decoding use {greedy})"
-        check(self.temperature > 0, "temperature", positive, greedy_hint)
-        check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables top-k)")
-        check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
-        check(self.repetition_penalty > 0, "repetition_penalty", positive)
-        check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be >= 0")
-        check(all(self.stop), "stop", "stop strings must not be empty")
-        check(self.seed is None or 0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
-        if self.num_return_sequences > 1 and not self.do_sample:
-            raise InputError(
-                f"{name('num_return_sequences')} {self.num_return_sequences} needs sampling "
-                f"({name('do_sample')}): greedy decoding returns the same sequence every time"
-            )
-
-    def new_token_budget(self, prompt_tokens: int) -> int:
-        """How many tokens a row with this prompt length may generate (max_new_tokens wins)."""
-        if self.max_new_tokens is not None:
-            return self.max_new_tokens
-        return self.max_length - prompt_tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +89,12 @@ class NGramIndex:
         prefix = tuple(self.tokens[len(self.tokens) + 1 - self.size :])
         return list(self.next_tokens.get(prefix, ()))
 
+    def copy(self) -> NGramIndex:
+        twin = NGramIndex(self.size, ())
+        twin.tokens = list(self.tokens)
+        twin.next_tokens = {prefix: set(ends) for prefix, ends in self.next_tokens.items()}
+        return twin
+
 
 def suppress_tokens(logits: np.ndarray, rows: np.ndarray, token_ids: Sequence[int]) -> None:
     """Set `token_ids` to -inf in the rows selected by the boolean `rows` (min-length rules)."""
@@ -234,61 +102,241 @@ def suppress_tokens(logits: np.ndarray, rows: np.ndarray, token_ids: Sequence[in
         logits[np.ix_(rows, np.asarray(token_ids))] = -np.inf
 
 
-class BatchProcessors:
-    """The logits processors of one batch, with the per-row state they need.
+def row_indices(keep: np.ndarray | Sequence[int], rows: int) -> np.ndarray:
+    """Row indices from a boolean mask over `rows` rows, or from indices."""
+    keep = np.asarray(keep)
+    if keep.dtype == np.bool_:
+        if keep.shape != (rows,):
+            raise ValueError(f"a row mask needs {rows} entries, got shape {keep.shape}")
+        return np.flatnonzero(keep)
+    return keep.astype(np.int64, copy=False).reshape(-1)
 
-    Applies, in transformers' order: repetition penalty, no-repeat-ngram, min_length and
-    min_new_tokens (end-of-sequence suppression). Rows are the unpadded prompts.
+
+class LogitsProcessor:
+    """A logits processor in transformers' style, keeping per-row state incrementally for a
+    batch whose rows may join and leave between steps.
+
+    Row r of every call is row r of the batch. `__call__(logits, rows)` edits float32 (B, V)
+    logits in place (`rows`, a bool mask, may limit per-row work to the rows still decoding);
+    `append(tokens)` records the (B,) tokens chosen at a step; `add_rows(prompts)` appends rows
+    from their unpadded, non-empty prompt ids; `keep_rows(keep)` keeps only the given rows, in
+    the given order (a bool mask, or indices: an index given twice forks the row).
     """
 
+    @classmethod
+    def from_params(cls, params: GenerationParams, capacity: int = 0) -> LogitsProcessor | None:
+        """The processor for `params`, or None when it would change nothing."""
+        raise NotImplementedError
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        raise NotImplementedError
+
+    def append(self, tokens: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        raise NotImplementedError
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        raise NotImplementedError
+
+
+class RepetitionPenaltyProcessor(LogitsProcessor):
+    """transformers' RepetitionPenaltyLogitsProcessor over each row's prompt and new tokens.
+
+    The rows' tokens are right-aligned in one (B, width) array, so one gather serves the batch;
+    a shorter row repeats its first token on the left, which adds nothing to its penalised set.
+    """
+
+    def __init__(self, penalty: float, capacity: int = 0) -> None:
+        self.penalty = penalty
+        self.tokens = np.empty((0, max(capacity, 16)), dtype=np.int64)
+        self.width = 0  # columns in use
+        self.lengths = np.empty(0, dtype=np.int64)  # real tokens per row
+
+    @classmethod
+    def from_params(
+        cls, params: GenerationParams, capacity: int = 0
+    ) -> RepetitionPenaltyProcessor | None:
+        if params.repetition_penalty == 1.0:
+            return None
+        return cls(params.repetition_penalty, capacity)
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        apply_repetition_penalty(logits, self.tokens[:, : self.width], self.penalty)
+
+    def append(self, tokens: np.ndarray) -> None:
+        if self.width == self.tokens.shape[1]:
+            grown = np.empty((self.tokens.shape[0], max(2 * self.width, 16)), dtype=np.int64)
+            grown[:, : self.width] = self.tokens
+            self.tokens = grown
+        self.tokens[:, self.width] = tokens
+        self.width += 1
+        self.lengths += 1
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        if not prompts:
+            return
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        if lengths.min() < 1:
+            raise ValueError("a row needs at least one prompt token")
+        old_rows, old_width = self.tokens.shape[0], self.width
+        width = max(old_width, int(lengths.max()))
+        tokens = np.empty((old_rows + len(prompts), max(self.tokens.shape[1], 2 * width)), np.int64)
+        shift = width - old_width
+        tokens[:old_rows, shift:width] = self.tokens[:, :old_width]
+        if shift and old_rows:
+            tokens[:old_rows, :shift] = self.tokens[:, :1]
+        for row, prompt in enumerate(prompts, start=old_rows):
+            tokens[row, : width - len(prompt)] = prompt[0]
+            tokens[row, width - len(prompt) : width] = prompt
+        self.tokens, self.width = tokens, width
+        self.lengths = np.concatenate([self.lengths, lengths])
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        index = row_indices(keep, self.tokens.shape[0])
+        self.lengths = self.lengths[index]
+        width = int(self.lengths.max()) if index.size else 0
+        # Columns left of the longest remaining row hold padding only.
+        self.tokens = self.tokens[index][:, self.width - width :]
+        self.width = width
+
+
+class NoRepeatNGramProcessor(LogitsProcessor):
+    """transformers' NoRepeatNGramLogitsProcessor, with each row's n-grams kept as they grow."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: list[NGramIndex] = []
+
+    @classmethod
+    def from_params(
+        cls, params: GenerationParams, capacity: int = 0
+    ) -> NoRepeatNGramProcessor | None:
+        return cls(params.no_repeat_ngram_size) if params.no_repeat_ngram_size > 0 else None
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        for row in range(len(self.rows)) if rows is None else np.flatnonzero(rows):
+            banned = self.rows[row].banned()
+            if banned:
+                logits[row, banned] = -np.inf
+
+    def append(self, tokens: np.ndarray) -> None:
+        for index, token in zip(self.rows, tokens.tolist(), strict=True):
+            index.add(token)
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        self.rows += [NGramIndex(self.size, prompt) for prompt in prompts]
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        kept: list[NGramIndex] = []
+        taken: set[int] = set()
+        for row in row_indices(keep, len(self.rows)).tolist():
+            kept.append(self.rows[row].copy() if row in taken else self.rows[row])
+            taken.add(row)
+        self.rows = kept
+
+
+class _EndSuppressor(LogitsProcessor):
+    """End-of-sequence tokens suppressed in rows whose count is still under `minimum`."""
+
+    counts_prompt = True  # count prompt tokens too (else only new ones)
+
+    def __init__(self, minimum: int, eos_token_ids: Sequence[int]) -> None:
+        self.minimum = minimum
+        self.eos = list(eos_token_ids)
+        self.counts = np.empty(0, dtype=np.int64)
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        short = self.counts < self.minimum
+        suppress_tokens(logits, short if rows is None else short & rows, self.eos)
+
+    def append(self, tokens: np.ndarray) -> None:
+        self.counts += 1
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        counts = [len(p) if self.counts_prompt else 0 for p in prompts]
+        self.counts = np.concatenate([self.counts, np.array(counts, dtype=np.int64)])
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        self.counts = self.counts[row_indices(keep, self.counts.shape[0])]
+
+
+class MinLengthProcessor(_EndSuppressor):
+    """transformers' MinLengthLogitsProcessor: no end of sequence before min_length tokens
+    (prompt included)."""
+
+    @classmethod
+    def from_params(cls, params: GenerationParams, capacity: int = 0) -> MinLengthProcessor | None:
+        if not params.eos_token_ids or params.min_length <= 0:
+            return None
+        return cls(params.min_length, params.eos_token_ids)
+
+
+class MinNewTokensProcessor(_EndSuppressor):
+    """transformers' MinNewTokensLengthLogitsProcessor: no end of sequence before
+    min_new_tokens new tokens."""
+
+    counts_prompt = False
+
+    @classmethod
+    def from_params(
+        cls, params: GenerationParams, capacity: int = 0
+    ) -> MinNewTokensProcessor | None:
+        if not params.eos_token_ids or not params.min_new_tokens:
+            return None
+        return cls(params.min_new_tokens, params.eos_token_ids)
+
+
+# The processors, in the order transformers' generate() applies them.
+PROCESSORS: tuple[type[LogitsProcessor], ...] = (
+    RepetitionPenaltyProcessor,
+    NoRepeatNGramProcessor,
+    MinLengthProcessor,
+    MinNewTokensProcessor,
+)
+
+
+class BatchProcessors:
+    """The logits processors of one batch (those `params` need, in transformers' order), with
+    the same interface as each processor: rows are the unpadded prompts, and rows may be
+    added and dropped between steps."""
+
     def __init__(
-        self, params: GenerationParams, prompts: Sequence[Sequence[int]], steps: int
+        self, params: GenerationParams, prompts: Sequence[Sequence[int]] = (), steps: int = 0
     ) -> None:
-        self.params = params
-        self.lengths = np.array([len(p) for p in prompts], dtype=np.int64)
-        self.width = int(self.lengths.max())
-        self.history: np.ndarray | None = None
-        if params.repetition_penalty != 1.0:
-            # Padding repeats each row's first token, so it adds nothing to the penalised set.
-            self.history = np.empty((len(prompts), self.width + steps), dtype=np.int64)
-            for row, prompt in enumerate(prompts):
-                self.history[row, : self.width - len(prompt)] = prompt[0]
-                self.history[row, self.width - len(prompt) : self.width] = prompt
-        self.ngrams: list[NGramIndex] | None = None
-        if params.no_repeat_ngram_size > 0:
-            self.ngrams = [NGramIndex(params.no_repeat_ngram_size, p) for p in prompts]
-        self.eos = list(params.eos_token_ids)
-        self.min_new = params.min_new_tokens or 0
-        self.suppress_eos = bool(self.eos) and (params.min_length > 0 or self.min_new > 0)
-        self.step = 0  # tokens appended so far
+        capacity = max((len(p) for p in prompts), default=0) + steps
+        self.processors: list[LogitsProcessor] = []
+        for kind in PROCESSORS:
+            processor = kind.from_params(params, capacity)
+            if processor is not None:
+                self.processors.append(processor)
+        self.add_rows(prompts)
 
     @property
     def active(self) -> bool:
         """Whether any processor changes logits (else greedy can argmax the raw logits)."""
-        return self.history is not None or self.ngrams is not None or self.suppress_eos
+        return bool(self.processors)
 
     def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
         """Process (B, V) float32 `logits` in place; `rows` (bool) limits per-row work."""
-        if self.history is not None:
-            history = self.history[:, : self.width + self.step]
-            apply_repetition_penalty(logits, history, self.params.repetition_penalty)
-        if self.ngrams is not None:
-            for row in range(len(self.ngrams)) if rows is None else np.flatnonzero(rows):
-                banned = self.ngrams[row].banned()
-                if banned:
-                    logits[row, banned] = -np.inf
-        if self.suppress_eos:
-            short = (self.lengths + self.step < self.params.min_length) | (self.step < self.min_new)
-            suppress_tokens(logits, short if rows is None else short & rows, self.eos)
+        for processor in self.processors:
+            processor(logits, rows)
 
     def append(self, tokens: np.ndarray) -> None:
         """Record the tokens (B,) chosen at this step."""
-        if self.history is not None:
-            self.history[:, self.width + self.step] = tokens
-        if self.ngrams is not None:
-            for index, token in zip(self.ngrams, tokens.tolist(), strict=True):
-                index.add(token)
-        self.step += 1
+        for processor in self.processors:
+            processor.append(tokens)
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        """New rows at the end of the batch, from their prompt ids."""
+        for processor in self.processors:
+            processor.add_rows(prompts)
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        """Keep these rows only, in this order (a bool mask, or row indices)."""
+        for processor in self.processors:
+            processor.keep_rows(keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,7 +582,7 @@ def plan_prompt(
     params: GenerationParams,
     context: int,
     prompt_index: int,
-    name: Callable[[str], str] = cli_name,
+    name: Callable[[str], str] = plain_name,
 ) -> list[GeneratedSequence]:
     """The return sequences of one encoded prompt, its length checked against the context
     (left truncation only when params.truncate_left)."""
@@ -586,7 +634,7 @@ def plan_sequences(
     params: GenerationParams,
     context: int,
     first_index: int = 0,
-    name: Callable[[str], str] = cli_name,
+    name: Callable[[str], str] = plain_name,
 ) -> list[GeneratedSequence]:
     """One GeneratedSequence per prompt and return sequence, for prompts encoded whole."""
     check_context(params, context, name)
@@ -603,7 +651,7 @@ def plan_rows(
     params: GenerationParams,
     context: int,
     rows: int,
-    name: Callable[[str], str] = cli_name,
+    name: Callable[[str], str] = plain_name,
 ) -> Iterator[list[GeneratedSequence]]:
     """Batches of at most `rows` sequences (prompts x return sequences), in output order; a
     prompt's sequences may span batches. Each prompt is encoded when its batch is planned."""

@@ -25,28 +25,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpt2cli.errors import InputError
+from gpt2cli.generation_params import PARAMETERS
 
 # Prompts in one request: a bound on what one answer holds in memory.
 MAX_INPUTS = 1024
 FORMAT_A: Literal["A"] = "A"
 FORMAT_B: Literal["B"] = "B"
 
-# Request parameters and their JSON types: transformers' text-generation names.
+# Request parameters and their JSON types: the generation parameters (transformers'
+# text-generation names), and return_full_text, which shapes the answer.
 PARAMETER_TYPES: dict[str, type] = {
-    "max_new_tokens": int,
-    "max_length": int,
-    "min_length": int,
-    "min_new_tokens": int,
-    "num_return_sequences": int,
-    "do_sample": bool,
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "repetition_penalty": float,
-    "no_repeat_ngram_size": int,
+    **{parameter.name: parameter.json_type for parameter in PARAMETERS},
     "return_full_text": bool,
-    "seed": int,
-    "stop": list,
 }
 _TYPE_NAMES = {
     int: "an integer",
@@ -278,7 +268,7 @@ def _check_type(name: str, value: Any, where: str) -> Any:
             value = float(value) if ok else value
         except OverflowError:
             raise InputError(f"{where}: number out of range") from None
-    elif name == "stop":
+    elif expected is list:  # of strings
         if isinstance(value, str):
             value = [value]
         ok = isinstance(value, list) and all(isinstance(s, str) for s in value)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt2cli.backends.base import ForwardResult, ModelInfo
+from gpt2cli.cli import cli_name
 from gpt2cli.decoding import (
     BatchProcessors,
     Decoder,
@@ -27,7 +28,7 @@ from gpt2cli.decoding import (
     sample_token,
     top_k_ids,
 )
-from gpt2cli.errors import InputError
+from gpt2cli.errors import InputError, ModelError
 
 torch = pytest.importorskip("torch")
 logits_process = pytest.importorskip("transformers.generation.logits_process")
@@ -147,6 +148,63 @@ def test_all_processors_together_match_transformers() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
 
 
+def test_rows_joining_and_leaving_match_rows_alone() -> None:
+    """add_rows/keep_rows between steps (continuous batching): every row is processed exactly
+    as it would be alone, whatever joins, leaves or is forked around it."""
+    p = params(repetition_penalty=1.4, no_repeat_ngram_size=2, min_length=9, min_new_tokens=3)
+    rng = np.random.default_rng(11)
+    prompts = {name: rng.integers(0, 12, size=size).tolist()
+               for name, size in (("a", 3), ("b", 7), ("c", 1), ("d", 12), ("e", 4))}
+    alone = {name: BatchProcessors(p, [prompt]) for name, prompt in prompts.items()}
+    batch = BatchProcessors(p, [prompts["a"], prompts["b"]])
+    names = ["a", "b"]
+    history: dict[str, list[int]] = {name: [] for name in prompts}  # tokens appended so far
+    schedule = {2: ("add", ["c", "d"]), 3: ("keep", [0, 2, 3]), 5: ("add", ["e"]),
+                6: ("keep", np.array([False, True, True, True])), 7: ("fork", 0)}
+    for step in range(10):
+        action = schedule.get(step)
+        if action and action[0] == "add":
+            batch.add_rows([prompts[n] for n in action[1]])
+            names += action[1]
+        elif action and action[0] == "keep":
+            batch.keep_rows(action[1])
+            kept = np.flatnonzero(action[1]) if isinstance(action[1], np.ndarray) else action[1]
+            names = [names[i] for i in kept]
+        elif action:  # fork row 0 into a twin that then diverges
+            batch.keep_rows([*range(len(names)), action[1]])
+            twin = names[action[1]] + "'"
+            alone[twin] = BatchProcessors(p, [])
+            alone[twin].add_rows([prompts[names[action[1]]]])
+            for token in history[names[action[1]]]:
+                alone[twin].append(np.array([token]))
+            history[twin] = list(history[names[action[1]]])
+            names.append(twin)
+        logits = random_logits(len(names), seed=step)
+        logits[:, EOS] = 5.0
+        out = logits.copy()
+        batch(out)
+        tokens = rng.integers(0, 12, size=len(names))
+        for row, name in enumerate(names):
+            single = logits[row : row + 1].copy()
+            alone[name](single)
+            np.testing.assert_array_equal(out[row], single[0], err_msg=f"{name} at {step}")
+            alone[name].append(tokens[row : row + 1])
+            history[name].append(int(tokens[row]))
+        batch.append(tokens)
+
+
+def test_processors_follow_transformers_order() -> None:
+    p = params(repetition_penalty=1.2, no_repeat_ngram_size=2, min_length=5, min_new_tokens=2)
+    kinds = [type(proc).__name__ for proc in BatchProcessors(p, [[1, 2]]).processors]
+    assert kinds == [
+        "RepetitionPenaltyProcessor",
+        "NoRepeatNGramProcessor",
+        "MinLengthProcessor",
+        "MinNewTokensProcessor",
+    ]
+    assert not BatchProcessors(params(), [[1, 2]]).active
+
+
 # --- warpers -----------------------------------------------------------------------------------
 
 
@@ -249,13 +307,40 @@ def test_resolve_follows_model_defaults_then_overrides() -> None:
         ({"max_new_tokens": 0}, "--max-new-tokens: must be >= 1"),
         ({"repetition_penalty": 0.0}, "--repetition-penalty"),
         ({"stop": ("",)}, "--stop: stop strings must not be empty"),
-        ({"do_sample": False, "num_return_sequences": 2}, "needs sampling (--do-sample)"),
+        (
+            {"do_sample": False, "num_return_sequences": 2},
+            "--num-return-sequences: must be 1 without sampling, got 2 (sample with --do-sample",
+        ),
         ({"bogus": 1}, "--bogus: unknown generation parameter"),
     ],
 )
 def test_resolve_rejects_bad_values(override: dict, message: str) -> None:
-    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InputError) as caught:
         GenerationParams.resolve(GPT2_DEFAULTS, override)
+    assert message in caught.value.render(cli_name)
+    assert caught.value.param == sorted(override)[-1]
+
+
+def test_errors_name_parameters_by_their_engine_names() -> None:
+    """Errors carry the parameter; rendering names it (no flag is spelled by the engine)."""
+    with pytest.raises(InputError) as caught:
+        GenerationParams.resolve({}, {"do_sample": True, "temperature": 0.0})
+    error = caught.value
+    assert error.param == "temperature"
+    assert error.reason == "must be a strictly positive number, got 0.0"
+    assert error.render(cli_name).endswith("(for greedy decoding use --greedy)")
+    assert "--" not in error.render()
+
+
+def test_model_values_are_the_models_fault() -> None:
+    with pytest.raises(ModelError, match=r"^gc\.json: num_return_sequences: must be at most 128, "
+                       r"got 1000 \(a fault in the model's files\)$"):
+        GenerationParams.resolve(
+            {"num_return_sequences": 1000, "do_sample": True}, {}, model_source="gc.json"
+        )
+    # The same value given by the user is the user's error.
+    with pytest.raises(InputError, match="num_return_sequences: must be at most 128"):
+        GenerationParams.resolve({"do_sample": True}, {"num_return_sequences": 1000})
 
 
 def test_resolve_names_fields_the_callers_way() -> None:
@@ -274,9 +359,14 @@ def test_plan_checks_the_context() -> None:
     with pytest.raises(InputError, match="fewer than 1024 new tokens"):
         plan_sequences([prompt], [[1]], GenerationParams(max_new_tokens=1024), context=1024)
     with pytest.raises(InputError, match="--max-length 2000 is over the model's context"):
-        plan_sequences([prompt], [[1]], GenerationParams(max_length=2000), context=1024)
+        plan_sequences(
+            [prompt], [[1]], GenerationParams(max_length=2000), context=1024, name=cli_name
+        )
     with pytest.raises(InputError, match="leaves nothing to generate under --max-length 50"):
-        plan_sequences([prompt], [list(range(60))], GenerationParams(max_length=50), context=1024)
+        plan_sequences(
+            [prompt], [list(range(60))], GenerationParams(max_length=50), context=1024,
+            name=cli_name,
+        )
     sampled = params(do_sample=True, num_return_sequences=3, max_length=9)
     many = plan_sequences([prompt, prompt], [[1], [2, 3]], sampled, context=1024, first_index=4)
     assert [(s.prompt_index, s.sequence_index, s.budget) for s in many] == [

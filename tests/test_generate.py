@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gpt2cli.cli import app
+from gpt2cli.cli import app, cli_name
 from gpt2cli.decoding import GenerationParams, generate
 from gpt2cli.errors import CliError
 from gpt2cli.loader import load_backend
@@ -173,7 +173,7 @@ def invoke(*args: str, stdin: str = "") -> tuple[int, str, str]:
     """The command in-process (models load once per test session); (exit code, stdout, stderr)."""
     result = CliRunner().invoke(app, ["generate", *args], input=stdin)
     if isinstance(result.exception, CliError):
-        return result.exception.exit_code, result.stdout, result.exception.message
+        return result.exception.exit_code, result.stdout, result.exception.render(cli_name)
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
@@ -242,7 +242,7 @@ def test_context_limit_and_left_truncation(tiny_model_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--greedy", "-n", "2"), "--num-return-sequences 2 needs sampling (--do-sample)"),
+        (("--greedy", "-n", "2"), "--num-return-sequences: must be 1 without sampling, got 2"),
         (("--top-p", "2"), "--top-p: must be in (0, 1], got 2.0"),
         (("--temperature", "0"), "--temperature: must be a strictly positive number"),
         (("--max-length", "3"), "argument 1: the prompt is 4 tokens, which leaves nothing"),

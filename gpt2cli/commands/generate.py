@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from functools import partial
 from typing import IO, Annotated, Any
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
+from gpt2cli.generation_params import PARAMETERS
 from gpt2cli.outputs import output_stream, to_json
 
 DEFAULT_MODEL = "gpt2"
@@ -39,6 +41,55 @@ class Truncate(str, Enum):
 _option = partial(options.panel_option, panel=GENERATION, show_default=False)
 
 
+def parameter_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters' option values as GenerationParams takes them (None: unset;
+    backslash escapes in strings undone, repeated options as tuples)."""
+    out: dict[str, Any] = {}
+    for parameter in PARAMETERS:
+        value = values.get(parameter.name)
+        flag = "--" + parameter.name.replace("_", "-")
+        if parameter.repeated:
+            value = tuple(unescape(v, flag) for v in value) if value else None
+        elif isinstance(value, str):
+            value = unescape(value, flag)
+        out[parameter.name] = value
+    return out
+
+
+def parameter_options(after: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command decorator: an option per generation parameter in place of the command's
+    **kwargs, inserted after its parameter `after` (Typer reads `__signature__`)."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command.__signature__ = _with_options(command, after)
+        return command
+
+    return decorate
+
+
+def _with_options(command: Callable[..., Any], after: str) -> inspect.Signature:
+    table = []
+    for parameter in PARAMETERS:
+        flag = "--" + parameter.name.replace("_", "-")
+        if parameter.cli_off:
+            flag += "/" + parameter.cli_off
+        names = (flag, parameter.cli_short) if parameter.cli_short else (flag,)
+        info = _option(*names, help=parameter.help, metavar=parameter.metavar)
+        table.append(
+            inspect.Parameter(
+                parameter.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None,
+                annotation=Annotated[parameter.cli_type, info],
+            )
+        )
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.kind != inspect.Parameter.VAR_KEYWORD]
+    at = next(i for i, p in enumerate(own) if p.name == after) + 1
+    return inspect.Signature([*own[:at], *table, *own[at:]], return_annotation=None)
+
+
+@parameter_options(after="threads")
 def generate(
     texts: options.Texts = None,
     files: options.Files = None,
@@ -49,52 +100,6 @@ def generate(
     device: options.DeviceOpt = options.DeviceName.cpu,
     dtype: options.DtypeOpt = options.DtypeName.float32,
     threads: options.ThreadsOpt = None,
-    max_new_tokens: Annotated[
-        int | None, _option("--max-new-tokens", help="New tokens to generate (beats --max-length).")
-    ] = None,
-    max_length: Annotated[
-        int | None, _option("--max-length", help="Prompt plus new tokens, at most (gpt2: 50).")
-    ] = None,
-    min_length: Annotated[
-        int | None, _option("--min-length", help="No end-of-text before this total length.")
-    ] = None,
-    min_new_tokens: Annotated[
-        int | None, _option("--min-new-tokens", help="No end-of-text before this many new tokens.")
-    ] = None,
-    num_return_sequences: Annotated[
-        int | None,
-        _option("--num-return-sequences", "-n", help="Sequences per prompt (needs sampling)."),
-    ] = None,
-    do_sample: Annotated[
-        bool | None,
-        _option("--do-sample/--greedy", help="Sample, or take the likeliest token (gpt2: sample)."),
-    ] = None,
-    temperature: Annotated[
-        float | None, _option("--temperature", "-t", help="Divide logits by this (1.0).")
-    ] = None,
-    top_k: Annotated[
-        int | None, _option("--top-k", help="Sample from the k most likely tokens; 0: all (50).")
-    ] = None,
-    top_p: Annotated[
-        float | None, _option("--top-p", help="Sample from the nucleus of this mass (1.0).")
-    ] = None,
-    repetition_penalty: Annotated[
-        float | None, _option("--repetition-penalty", help="> 1 discourages seen tokens (1.0).")
-    ] = None,
-    no_repeat_ngram_size: Annotated[
-        int | None, _option("--no-repeat-ngram-size", help="Never repeat an n-gram of this size.")
-    ] = None,
-    seed: Annotated[
-        int | None, _option("--seed", help="Make sampling reproducible (same on both backends).")
-    ] = None,
-    stop: Annotated[
-        list[str] | None,
-        _option(
-            "--stop",
-            metavar="STR",
-            help="End a sequence at STR, left out of the output (repeatable; \\n escapes work).",
-        ),
-    ] = None,
     truncate: Annotated[
         Truncate,
         _option("--truncate", help="left: drop the start of prompts that overflow the context."),
@@ -151,6 +156,7 @@ def generate(
     ] = None,
     output: options.Output = None,
     force: options.Force = False,
+    **generation: Any,
 ) -> None:
     """Generate text from prompts with a GPT-2 model.
 
@@ -164,19 +170,7 @@ def generate(
 
     check_output(output, force)  # before any input is read or any model loads
     overrides: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "max_length": max_length,
-        "min_length": min_length,
-        "min_new_tokens": min_new_tokens,
-        "num_return_sequences": num_return_sequences,
-        "do_sample": do_sample,
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "repetition_penalty": repetition_penalty,
-        "no_repeat_ngram_size": no_repeat_ngram_size,
-        "seed": seed,
-        "stop": tuple(unescape(s, "--stop") for s in stop) if stop else None,
+        **parameter_values(generation),
         "truncate_left": truncate == Truncate.left,
     }
     if request is not None:
@@ -231,7 +225,8 @@ def generate(
 def _run(engine, params, prompts, batch_size: int, name=None) -> Iterator[tuple[list, Iterator[None]]]:  # noqa: ANN001, E501
     """For each batch of at most `batch_size` rows (prompts x return sequences): its sequences
     and the decode steps that fill them in. Prompts are read and encoded as batches need them."""
-    from gpt2cli.decoding import Decoder, Prompt, cli_name, plan_rows
+    from gpt2cli.cli import cli_name
+    from gpt2cli.decoding import Decoder, Prompt, plan_rows
     from gpt2cli.outputs import warn
 
     decoder = Decoder(engine, params)
@@ -341,7 +336,8 @@ def sequence_record(seq, full_text: bool) -> dict[str, Any]:  # noqa: ANN001
 def _answer_request(request_path: str, overrides: dict[str, Any], return_full_text: bool | None,
                     model, backend, device, dtype, threads, batch_size: int,  # noqa: ANN001
                     replace_invalid: bool, output: str | None, force: bool) -> None:
-    from gpt2cli.decoding import GenerationParams, cli_name
+    from gpt2cli.cli import cli_name
+    from gpt2cli.decoding import GenerationParams
     from gpt2cli.inputs import Text, read_texts
     from gpt2cli.loader import load_backend, locate_model
     from gpt2cli.request_formats import parse_request

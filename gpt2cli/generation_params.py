@@ -1,0 +1,301 @@
+"""The generation parameters, listed once: name, type, default, check and help.
+
+Everything else is derived from `PARAMETERS`: `GenerationParams` (its fields and per-parameter
+checks), `TRANSFORMERS_DEFAULTS`, the `--request` JSON types (`request_formats`) and the
+`generate` command's options (`commands/generate.py`). Adding a parameter is one entry here,
+plus the engine code that uses it.
+
+Names, types, defaults and meanings are transformers' (`GenerationConfig`, the text-generation
+pipeline). Checks raise structured errors (`param`, `reason`, `hint`): each front end renders the
+parameter's name its own way, so nothing here spells a flag in an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gpt2cli.errors import InputError, ModelError, ParameterNamer
+
+# Sequences per prompt, at most: OpenAI's API caps its `n` at 128 too. More are refused up
+# front; rows (prompts x sequences) stream through the model --batch-size rows at a time.
+MAX_NUM_RETURN_SEQUENCES = 128
+MODEL_FAULT = "a fault in the model's files"
+MODEL_SOURCE = "the model's generation config"
+# Hints may name `{greedy}`: do_sample false (the CLI's --greedy).
+GREEDY = "greedy"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check on one parameter's value: `ok(value)`, else `reason` ("must be >= 1")."""
+
+    ok: Callable[[Any], bool]
+    reason: str
+
+
+def at_least(bound: int) -> Rule:
+    return Rule(lambda v: v >= bound, f"must be >= {bound}")
+
+
+def at_most(bound: int) -> Rule:
+    return Rule(lambda v: v <= bound, f"must be at most {bound}")
+
+
+POSITIVE = Rule(lambda v: v > 0, "must be a strictly positive number")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One generation parameter."""
+
+    name: str  # transformers' name
+    type: type  # int, float, bool or str (a list of str when `repeated`)
+    help: str  # the CLI's help text
+    default: Any = None  # transformers' GenerationConfig default; None: unset
+    rules: tuple[Rule, ...] = ()  # checked in order on any value but None
+    hint: str = ""  # added to a rule's error from the user ({parameter} placeholders)
+    repeated: bool = False  # a list of values (JSON: a string or a list of strings)
+    model_setting: bool = True  # a GenerationConfig field: a model's generation config may set it
+    cli_short: str = ""  # a short CLI flag besides --name-with-dashes ("-n")
+    cli_off: str = ""  # a bool's off switch ("--greedy" for --do-sample)
+    metavar: str | None = None
+
+    @property
+    def field_default(self) -> Any:
+        """The default of the GenerationParams field."""
+        return () if self.repeated else self.default
+
+    @property
+    def annotation(self) -> Any:
+        """The GenerationParams field's type."""
+        if self.repeated:
+            return tuple[self.type, ...]
+        return self.type if self.default is not None else self.type | None
+
+    @property
+    def json_type(self) -> type:
+        """The JSON type a request gives it as (int, float, bool, or list)."""
+        return list if self.repeated else self.type
+
+    @property
+    def cli_type(self) -> Any:
+        """The CLI option's type (every generation option defaults to None: unset)."""
+        return (list[self.type] if self.repeated else self.type) | None
+
+    def problem(self, value: Any) -> str | None:
+        """The reason `value` is refused (with the value), or None."""
+        if value is None:
+            return None
+        for rule in self.rules:
+            if not rule.ok(value):
+                return f"{rule.reason}, got {value!r}"
+        return None
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "max_new_tokens", int, "New tokens to generate (beats --max-length).", None, (at_least(1),)
+    ),
+    Parameter("max_length", int, "Prompt plus new tokens, at most (gpt2: 50).", 20, (at_least(1),)),
+    Parameter("min_length", int, "No end-of-text before this total length.", 0, (at_least(0),)),
+    Parameter(
+        "min_new_tokens", int, "No end-of-text before this many new tokens.", None, (at_least(0),)
+    ),
+    Parameter(
+        "num_return_sequences",
+        int,
+        "Sequences per prompt (needs sampling).",
+        1,
+        (at_least(1), at_most(MAX_NUM_RETURN_SEQUENCES)),
+        cli_short="-n",
+    ),
+    Parameter(
+        "do_sample",
+        bool,
+        "Sample, or take the likeliest token (gpt2: sample).",
+        False,
+        cli_off="--greedy",
+    ),
+    Parameter(
+        "temperature",
+        float,
+        "Divide logits by this (1.0).",
+        1.0,
+        (POSITIVE,),
+        hint="for greedy decoding use {greedy}",
+        cli_short="-t",
+    ),
+    Parameter(
+        "top_k",
+        int,
+        "Sample from the k most likely tokens; 0: all (50).",
+        50,
+        (Rule(lambda v: v >= 0, "must be >= 0 (0 disables top-k)"),),
+    ),
+    Parameter(
+        "top_p",
+        float,
+        "Sample from the nucleus of this mass (1.0).",
+        1.0,
+        (Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),),
+    ),
+    Parameter(
+        "repetition_penalty", float, "> 1 discourages seen tokens (1.0).", 1.0, (POSITIVE,)
+    ),
+    Parameter(
+        "no_repeat_ngram_size", int, "Never repeat an n-gram of this size.", 0, (at_least(0),)
+    ),
+    Parameter(
+        "seed",
+        int,
+        "Make sampling reproducible (same on both backends).",
+        None,
+        (Rule(lambda v: 0 <= v < 2**63, "must be a non-negative integer"),),
+        model_setting=False,
+    ),
+    Parameter(
+        "stop",
+        str,
+        "End a sequence at STR, left out of the output (repeatable; \\n escapes work).",
+        None,
+        (Rule(all, "stop strings must not be empty"),),
+        repeated=True,
+        model_setting=False,
+        metavar="STR",
+    ),
+)
+
+BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
+
+# transformers' GenerationConfig defaults for the parameters a model's files may set.
+TRANSFORMERS_DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS if p.model_setting}
+
+
+def _table_fields(cls: type) -> type:
+    """`cls` as a frozen dataclass whose first fields are the table's parameters."""
+    own = dict(cls.__dict__.get("__annotations__", {}))
+    cls.__annotations__ = {**{p.name: p.annotation for p in PARAMETERS}, **own}
+    for parameter in PARAMETERS:
+        setattr(cls, parameter.name, parameter.field_default)
+    return dataclass(frozen=True)(cls)
+
+
+def greedy_aware(name: ParameterNamer) -> ParameterNamer:
+    """`name`, also naming `{greedy}` as a front end that has no such switch would say it."""
+
+    def named(parameter: str) -> str:
+        if parameter != GREEDY:
+            return name(parameter)
+        do_sample = name("do_sample")
+        return f"--{GREEDY}" if do_sample.startswith("--") else f"{do_sample} false"
+
+    return named
+
+
+@_table_fields
+class GenerationParams:
+    """Resolved generation parameters (transformers' names and meanings): the fields of
+    `PARAMETERS`, then the ones a front end sets from elsewhere."""
+
+    truncate_left: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    @classmethod
+    def resolve(
+        cls,
+        model_defaults: dict[str, Any],
+        overrides: dict[str, Any],
+        *,
+        eos_token_id: int | None = None,
+        name: ParameterNamer | None = None,
+        model_source: str = MODEL_SOURCE,
+    ) -> GenerationParams:
+        """transformers' defaults, then the model's generation defaults, then `overrides`.
+
+        `overrides` may also hold truncate_left; None values are ignored. Out-of-range values
+        raise InputError naming the parameter (front ends render it; with `name` the message
+        is rendered here); a value that comes from the model (`model_source`) is the model's
+        fault, a ModelError.
+        """
+        try:
+            return cls._resolve(model_defaults, overrides, eos_token_id, model_source)
+        except InputError as exc:
+            if name is None:
+                raise
+            raise InputError(exc.render(greedy_aware(name))) from None
+
+    @classmethod
+    def _resolve(
+        cls,
+        model_defaults: dict[str, Any],
+        overrides: dict[str, Any],
+        eos_token_id: int | None,
+        model_source: str,
+    ) -> GenerationParams:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = dict(TRANSFORMERS_DEFAULTS)
+        values.update({k: v for k, v in model_defaults.items() if k in TRANSFORMERS_DEFAULTS})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - known
+        if unknown:
+            raise InputError(param=sorted(unknown)[0], reason="unknown generation parameter")
+        values.update(given)
+        if given.get("max_length") is not None and "max_new_tokens" not in given:
+            values["max_new_tokens"] = None  # an explicit max_length beats a default max_new_tokens
+
+        eos = model_defaults.get("eos_token_id", eos_token_id)
+        eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        pad = model_defaults.get("pad_token_id")
+        if pad is None:
+            pad = eos_ids[0] if eos_ids else 0
+        values.setdefault("eos_token_ids", eos_ids)
+        values.setdefault("pad_token_id", pad)
+        for parameter in PARAMETERS:
+            if parameter.repeated:
+                values[parameter.name] = tuple(values.get(parameter.name) or ())
+        params = cls(**values)
+        from_model = {k for k in model_defaults if k in TRANSFORMERS_DEFAULTS} - set(given)
+        params.validate(None, from_model, model_source)
+        return params
+
+    def validate(
+        self,
+        name: ParameterNamer | None = None,
+        from_model: Collection[str] = (),
+        model_source: str = MODEL_SOURCE,
+    ) -> None:
+        """Raise InputError for values transformers would reject (or that make no sense), or
+        ModelError where the value came from the model (the parameters in `from_model`)."""
+        try:
+            self._validate(from_model, model_source)
+        except InputError as exc:
+            if name is None:
+                raise
+            raise InputError(exc.render(greedy_aware(name))) from None
+
+    def _validate(self, from_model: Collection[str], model_source: str) -> None:
+        for parameter in PARAMETERS:
+            problem = parameter.problem(getattr(self, parameter.name))
+            if problem is None:
+                continue
+            if parameter.name in from_model:
+                raise ModelError(
+                    reason=f"{parameter.name}: {problem}", hint=MODEL_FAULT, where=model_source
+                )
+            raise InputError(param=parameter.name, reason=problem, hint=parameter.hint or None)
+        if self.num_return_sequences > 1 and not self.do_sample:
+            raise InputError(
+                param="num_return_sequences",
+                reason=f"must be 1 without sampling, got {self.num_return_sequences}",
+                hint="sample with {do_sample}: greedy decoding returns the same sequence "
+                "every time",
+            )
+
+    def new_token_budget(self, prompt_tokens: int) -> int:
+        """How many tokens a row with this prompt length may generate (max_new_tokens wins)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return self.max_length - prompt_tokens
