@@ -9,7 +9,6 @@ import pytest
 
 from gpt2cli.embedding import EmbedOptions, embed_texts, l2_normalize, pool
 from gpt2cli.errors import InputError
-from gpt2cli.loader import load_backend
 from tests.clirun import assert_one_line_error, run_cli
 
 TEXTS = [
@@ -17,11 +16,6 @@ TEXTS = [
     "Short.",
     "The quick brown fox jumps over the lazy dog, and then it jumps back again.",
 ]
-
-
-@pytest.fixture(scope="module")
-def torch_backend(tiny_model_dir):  # noqa: ANN001, ANN201
-    return load_backend(str(tiny_model_dir), backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +112,7 @@ def test_too_long_is_an_error_unless_truncated(torch_backend) -> None:  # noqa: 
 # The onnx backend
 
 
-def test_onnx_embed_agrees_with_torch(tiny_onnx_dir, torch_backend) -> None:  # noqa: ANN001
-    onnx_backend = load_backend(str(tiny_onnx_dir), backend="onnx")
+def test_onnx_embed_agrees_with_torch(onnx_backend, torch_backend) -> None:  # noqa: ANN001
     for options in (EmbedOptions(pooling="none"), EmbedOptions(layer=1, pooling="mean")):
         expected = embed_texts(torch_backend, TEXTS, options)
         actual = embed_texts(onnx_backend, TEXTS, options)

@@ -204,17 +204,6 @@ def evaluation_text() -> str:
     return " ".join(rng.choice(words) for _ in range(2500)) + "."
 
 
-@pytest.fixture(scope="module")
-def torch_backend(tiny_model_dir):  # noqa: ANN001, ANN201
-    return load_backend(str(tiny_model_dir), backend="torch")
-
-
-@pytest.fixture(scope="module")
-def hf_model(tiny_model_dir):  # noqa: ANN001, ANN201
-    from transformers import GPT2LMHeadModel
-
-    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
-
 
 @pytest.mark.parametrize(
     ("ctx", "stride", "prefix"),
@@ -356,8 +345,7 @@ def test_memorised_continuation_is_greedy(memorised_backend) -> None:  # noqa: A
 # The onnx backend
 
 
-def test_onnx_scores_agree_with_torch(tiny_onnx_dir, torch_backend) -> None:  # noqa: ANN001
-    onnx_backend = load_backend(str(tiny_onnx_dir), backend="onnx")
+def test_onnx_scores_agree_with_torch(onnx_backend, torch_backend) -> None:  # noqa: ANN001
     texts = ["A first text to score on both backends.", evaluation_text()[:3000]]
     options = ScoreOptions(ctx=256, stride=100, details=True)
     for on_onnx, on_torch in zip(
