@@ -62,7 +62,9 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray | lis
         return hidden[:, 0]
     if pooling == "none":
         return [hidden[row, : lengths[row]] for row in range(len(hidden))]
-    raise InputError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+    raise InputError(
+        param="pooling", reason=f"expected one of {', '.join(POOLINGS)}, got {pooling!r}"
+    )
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -92,11 +94,12 @@ def encode_texts(
             backend.tokenizer, text, context, "head" if truncate else "count", source
         )
         if not limited.total:
-            raise InputError(f"{source}: no tokens to embed")
+            raise InputError(reason="no tokens to embed", where=source)
         if limited.total > context and not truncate:
             raise InputError(
-                f"{source}: {limited.count} tokens, more than the model's context of {context} "
-                "(pass --truncate to keep the first tokens)"
+                reason=f"{limited.count} tokens, more than the model's context of {context}",
+                hint="pass {truncate} to keep the first tokens",
+                where=source,
             )
         encoded.append(Encoded(limited.ids[:context], limited.total))
     return encoded

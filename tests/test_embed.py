@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from gpt2cli.cli import cli_name
 from gpt2cli.embedding import EmbedOptions, embed_texts, l2_normalize, pool
 from gpt2cli.errors import InputError
 from tests.clirun import assert_one_line_error, run_cli
@@ -102,8 +103,9 @@ def test_layer_out_of_range_is_an_input_error(torch_backend) -> None:  # noqa: A
 
 def test_too_long_is_an_error_unless_truncated(torch_backend) -> None:  # noqa: ANN001
     long_text = "word" + " word" * 1099
-    with pytest.raises(InputError, match="--truncate"):
+    with pytest.raises(InputError) as refused:
         embed_texts(torch_backend, [long_text], EmbedOptions())
+    assert refused.value.render(cli_name).endswith("(pass --truncate to keep the first tokens)")
     (result,) = embed_texts(torch_backend, [long_text], EmbedOptions(truncate=True))
     assert result.truncated and result.tokens == 1024 and result.text_tokens == 1100
 
