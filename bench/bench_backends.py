@@ -5,65 +5,27 @@ Run from the repository root:
     .venv/bin/python bench/bench_backends.py            # ~5 minutes on 2 cores
     .venv/bin/python bench/bench_backends.py --steps 32 --threads 2 --batch 1
 
-It builds a GPT-2 124M-shape model with random weights (seeded) under bench/out/backends/ (ignored,
-reused by later runs), exports it with the real export-onnx engine to fp32, int8 and int4, then
+It builds the GPT-2 124M-shape model with random weights (bench/common.py: seeded, under
+bench/out/models/, shared by every benchmark), exports it with the real export-onnx engine to
+fp32, int8 and int4 (validated, for the export table; --skip-export reuses the exports), then
 times each backend on the same token ids: prefill of a --prompt-tokens prompt (last-position
 logits, as generate uses it) and the median of --steps single-token decode steps with the KV
-cache. optimum's ORTModelForCausalLM on the fp32 export runs alongside for comparison (with
-the same no-spinning thread policy as gpt2cli's backends). Prints a
-Markdown table and writes bench/out/backends/bench_backends.json.
+cache. optimum's ORTModelForCausalLM on the fp32 export runs alongside for comparison (with the
+same no-spinning thread policy as gpt2cli's backends). Prints a Markdown table and writes
+bench/out/bench_backends.json. --smoke checks that it runs, on a tiny model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out" / "backends"  # bench_generate.py has its own models beside
-GPT2_SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024}
-sys.path.insert(0, str(ROOT))
-
-
-def build_model(directory: Path) -> Path:
-    """The 124M-shape random GPT-2 (built once, then reused)."""
-    if (directory / "model.safetensors").is_file():
-        return directory
-    from tests.models import build_random_model
-
-    tmp = directory.with_name(directory.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_random_model(tmp, seed=0, **GPT2_SHAPE)
-    tmp.rename(directory)
-    return directory
-
-
-def export(source: Path, target: Path, quantize: str | None) -> dict[str, Any]:
-    """Export with the real engine; returns seconds and sizes."""
-    from gpt2cli.exporting import ExportOptions, export_model
-
-    started = time.perf_counter()
-    manifest = export_model(
-        str(source), target, ExportOptions(quantize=quantize, validate=True, force=True)
-    )
-    seconds = time.perf_counter() - started
-    weights = sum(size for name, size in manifest["files"].items() if name.startswith("model.onnx"))
-    return {
-        "variant": quantize or "fp32",
-        "export_s": round(seconds, 1),
-        "model_mb": round(weights / 1e6, 1),
-        "dir_mb": round(sum(manifest["files"].values()) / 1e6, 1),
-        "max_abs_logit_diff": manifest["validation"]["max_abs_logit_diff"],
-        "top1_agreement": manifest["validation"]["top1_agreement"],
-    }
+from common import OUT, describe_model, ensure_models, export_variant, parse_args, smoke
 
 
 def time_backend(backend, prompt: np.ndarray, steps: int) -> tuple[float, float]:  # noqa: ANN001
@@ -126,21 +88,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="default: the backend's")
     parser.add_argument("--skip-export", action="store_true", help="reuse bench/out exports")
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     from gpt2cli.loader import load_backend
     from gpt2cli.outputs import Settings
 
     Settings.quiet = True
-    OUT.mkdir(parents=True, exist_ok=True)
-    source = build_model(OUT / "gpt2-124m-random")
-    variants = {None: OUT / "onnx-fp32", "int8": OUT / "onnx-int8", "int4": OUT / "onnx-int4"}
-    exports = []
-    for quantize, target in variants.items():
-        if args.skip_export and target.is_dir():
-            continue
-        print(f"exporting {quantize or 'fp32'} ...", file=sys.stderr, flush=True)
-        exports.append(export(source, target, quantize))
+    names = ("onnx-fp32", "onnx-int8", "onnx-int4")
+    exports = [] if args.skip_export else [export_variant(v, validate=True) for v in names]
+    paths = ensure_models(("torch", *names))
+    source = paths["torch"]
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 50256, size=(args.batch, args.prompt_tokens), dtype=np.int64)
@@ -148,9 +105,9 @@ def main() -> None:
         ("torch fp32", lambda: load_backend(str(source), "torch", threads=args.threads)),
         ("torch bf16", lambda: load_backend(str(source), "torch", dtype="bfloat16",
                                             threads=args.threads)),
-        ("onnx fp32", lambda: load_backend(str(variants[None]), "onnx", threads=args.threads)),
-        ("onnx int8", lambda: load_backend(str(variants["int8"]), "onnx", threads=args.threads)),
-        ("onnx int4", lambda: load_backend(str(variants["int4"]), "onnx", threads=args.threads)),
+        ("onnx fp32", lambda: load_backend(str(paths["onnx-fp32"]), "onnx", threads=args.threads)),
+        ("onnx int8", lambda: load_backend(str(paths["onnx-int8"]), "onnx", threads=args.threads)),
+        ("onnx int4", lambda: load_backend(str(paths["onnx-int4"]), "onnx", threads=args.threads)),
     ]
     latencies = []
     for name, load in runs:
@@ -160,7 +117,7 @@ def main() -> None:
             {"backend": name, "prefill_ms": round(prefill, 1), "step_ms": round(step, 2)}
         )
     print("timing optimum ORTModelForCausalLM (fp32) ...", file=sys.stderr, flush=True)
-    prefill, step = time_optimum(variants[None], prompt, args.steps, args.threads)
+    prefill, step = time_optimum(paths["onnx-fp32"], prompt, args.steps, args.threads)
     latencies.append(
         {"backend": "optimum ORTModelForCausalLM fp32", "prefill_ms": round(prefill, 1),
          "step_ms": round(step, 2)}
@@ -170,7 +127,7 @@ def main() -> None:
     import torch
 
     setup = {
-        "model": "GPT-2 124M shape, random weights",
+        "model": describe_model(),
         "batch": args.batch,
         "prompt_tokens": args.prompt_tokens,
         "steps": args.steps,
@@ -178,7 +135,8 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-    (OUT / "bench_backends.json").write_text(
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / ("bench_backends-smoke.json" if smoke() else "bench_backends.json")).write_text(
         json.dumps({"setup": setup, "exports": exports, "latency": latencies}, indent=2) + "\n"
     )
     print(f"setup: {json.dumps(setup)}\n")

@@ -6,39 +6,49 @@ Texts: the first 1,000 non-blank lines of the shared WikiText-2 raw test file, r
 `gpt2cli embed -f FILE --lines` reads them (102,282 tokens; the longest is 473). Features: the
 mean of last_hidden_state over each text's tokens (embed's default). The baseline tokenizes with
 GPT2TokenizerFast and runs GPT2Model on each text alone, as a user of transformers would.
-Model: the gpt2 124M shape with random weights, shared with bench_score.py under
-bench/out/score-embed/.
+Model: the gpt2 124M shape with random weights and its exports, shared by every benchmark under
+bench/out/models/ (bench/common.py builds them when missing).
 
 Each case runs in its own worker process with its model loaded once; the texts are cut into
-blocks of 250 and the workers take turns block by block (the starting worker rotating), so that
-load from other processes falls on every case alike. Reported: texts per second (tokenization
-and pooling included, model load excluded) and the largest difference from the baseline's
-vectors. Results also go to bench/out/bench_embed.json. --quick embeds the first 250 texts.
+blocks of 250 and the workers take turns block by block (common.round_robin: the starting worker
+rotating), so that load from other processes falls on every case alike. Reported: texts per
+second (tokenization and pooling included, model load excluded) and the largest difference from
+the baseline's vectors. Results also go to bench/out/bench_embed.json. --quick embeds the first
+250 texts; --smoke embeds 20 on a tiny model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_score import MODELS, OUT, ROOT, WIKITEXT, build_models  # noqa: E402
+from common import (
+    OUT,
+    WIKITEXT,
+    close_workers,
+    describe_model,
+    ensure_models,
+    machine,
+    model_dir,
+    parse_args,
+    round_robin,
+    serve,
+    smoke,
+    start_workers,
+    timed,
+)
 
 TEXTS = 1000
 BLOCK = 250
 QUICK_TEXTS = 250
+SMOKE_TEXTS = 20
 
-# name: (description, model directory, backend, dtype)
+# name: (description, model variant, backend, dtype)
 CASES: dict[str, tuple[str, str, str, str]] = {
     "hf-loop": ("transformers GPT2Model, one text at a time, fp32", "torch", "hf", "float32"),
     "torch-fp32": ("gpt2cli embed --backend torch, fp32", "torch", "torch", "float32"),
-    "onnx-fp32": ("gpt2cli embed --backend onnx, fp32", "onnx", "onnx", "float32"),
+    "onnx-fp32": ("gpt2cli embed --backend onnx, fp32", "onnx-fp32", "onnx", "float32"),
     "onnx-int8": ("gpt2cli embed --backend onnx, int8", "onnx-int8", "onnx", "float32"),
     "torch-bf16": ("gpt2cli embed --backend torch, bf16", "torch", "torch", "bfloat16"),
 }
@@ -53,17 +63,16 @@ def read_lines(count: int) -> list[str]:
 
 def worker(name: str, count: int) -> None:
     """Load the case's model, then embed the blocks of texts the parent names on stdin."""
-    _, directory, backend, dtype = CASES[name]
+    _, variant, backend, dtype = CASES[name]
     texts = read_lines(count)
-    run = hf_runner() if backend == "hf" else gpt2cli_runner(directory, backend, dtype)
+    run = hf_runner() if backend == "hf" else gpt2cli_runner(variant, backend, dtype)
     run(texts[:4])  # warm-up
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        start, end = json.loads(line)
-        began = time.perf_counter()
-        vectors = run(texts[start:end])
-        seconds = time.perf_counter() - began
-        print(json.dumps({"seconds": seconds, "vectors": vectors.tolist()}), flush=True)
+
+    def embed_block(block: list[int]) -> dict:
+        seconds, vectors = timed(lambda: run(texts[block[0] : block[1]]))
+        return {"seconds": seconds, "vectors": vectors.tolist()}
+
+    serve(embed_block)
 
 
 def hf_runner():  # noqa: ANN201
@@ -71,8 +80,8 @@ def hf_runner():  # noqa: ANN201
     import torch
     from transformers import GPT2Model, GPT2TokenizerFast
 
-    tokenizer = GPT2TokenizerFast.from_pretrained(MODELS / "torch")
-    model = GPT2Model.from_pretrained(MODELS / "torch").eval()
+    tokenizer = GPT2TokenizerFast.from_pretrained(model_dir("torch"))
+    model = GPT2Model.from_pretrained(model_dir("torch")).eval()
 
     def run(texts: list[str]) -> np.ndarray:
         vectors = []
@@ -86,13 +95,13 @@ def hf_runner():  # noqa: ANN201
     return run
 
 
-def gpt2cli_runner(directory: str, backend: str, dtype: str):  # noqa: ANN201
+def gpt2cli_runner(variant: str, backend: str, dtype: str):  # noqa: ANN201
     import numpy as np
 
     from gpt2cli.embedding import EmbedOptions, embed_encoded, encode_texts
     from gpt2cli.loader import load_backend
 
-    engine = load_backend(str(MODELS / directory), backend=backend, dtype=dtype)
+    engine = load_backend(str(model_dir(variant)), backend=backend, dtype=dtype)
     options = EmbedOptions()
 
     def run(texts: list[str]) -> np.ndarray:
@@ -110,8 +119,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=TEXTS, help="embed the first N lines")
     parser.add_argument("--only", nargs="+", choices=list(CASES), help="cases to run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    count = QUICK_TEXTS if args.quick else args.texts
+    args = parse_args(parser)
+    count = SMOKE_TEXTS if smoke() else QUICK_TEXTS if args.quick else args.texts
     if args.worker:
         worker(args.worker, count)
         return
@@ -120,37 +129,29 @@ def main() -> None:
     names = args.only or list(CASES)
     if BASELINE not in names:
         names.insert(0, BASELINE)
-    build_models([n for n in names if n != BASELINE] or ["torch-fp32"])
+    ensure_models({CASES[name][1] for name in names})
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error"}
-    workers = {}
-    for name in names:
-        workers[name] = subprocess.Popen(
-            [sys.executable, __file__, "--worker", name, "--texts", str(count)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        workers[name].stdout.readline()
-    blocks = [(s, min(s + BLOCK, count)) for s in range(0, count, BLOCK)]
+    workers = start_workers(__file__, names, ["--texts", str(count)])
+    size = SMOKE_TEXTS // 2 if smoke() else BLOCK
+    blocks = [(s, min(s + size, count)) for s in range(0, count, size)]
     seconds = dict.fromkeys(names, 0.0)
     vectors: dict[str, list] = {name: [] for name in names}
-    for number, block in enumerate(blocks):
-        turn = names[number % len(names) :] + names[: number % len(names)]
-        for name in turn:
-            workers[name].stdin.write(json.dumps(block) + "\n")
-            workers[name].stdin.flush()
-            result = json.loads(workers[name].stdout.readline())
-            seconds[name] += result["seconds"]
-            vectors[name].extend(result["vectors"])
+
+    def add(name: str, block: tuple[int, int], result: dict) -> None:
+        seconds[name] += result["seconds"]
+        vectors[name].extend(result["vectors"])
+
+    def after(number: int) -> None:
         print(f"\rblock {number + 1}/{len(blocks)}", end="", file=sys.stderr)
+
+    round_robin(workers, blocks, add, after)
     print(file=sys.stderr)
-    for process in workers.values():
-        process.stdin.close()
-        process.wait()
+    close_workers(workers)
 
     baseline = np.array(vectors[BASELINE])
     base_rate = count / seconds[BASELINE]
-    print(f"\nembed: {count} lines of WikiText-2 raw test, mean pooling; gpt2 124M shape, random "
-          f"weights, {os.cpu_count()} CPUs\n")  # fmt: skip
+    print(f"\nembed: {count} lines of WikiText-2 raw test, mean pooling; {describe_model()}, "
+          f"{machine()}\n")  # fmt: skip
     print("| case | texts/s | speed-up | max abs diff from transformers |")
     print("|---|---:|---:|---:|")
     rows = []
@@ -163,7 +164,10 @@ def main() -> None:
         )  # fmt: skip
         print(f"| {CASES[name][0]} | {rate:.1f} | {rate / base_rate:.2f}x | {diff:.1e} |")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_embed.json").write_text(json.dumps({"texts": count, "results": rows}, indent=2))
+    summary = {"texts": count, "results": rows}
+    (OUT / ("bench_embed-smoke.json" if smoke() else "bench_embed.json")).write_text(
+        json.dumps(summary, indent=2)
+    )
 
 
 if __name__ == "__main__":

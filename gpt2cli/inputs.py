@@ -105,8 +105,9 @@ def iter_decoded(source: Source, replace_invalid: bool = False) -> Iterator[str]
             except UnicodeDecodeError as exc:
                 at = offset - pending + exc.start
                 raise InputError(
-                    f"{source.name}: invalid UTF-8 at byte offset {at} "
-                    "(pass --replace-invalid to substitute U+FFFD)"
+                    reason=f"invalid UTF-8 at byte offset {at}",
+                    hint="pass {replace_invalid} to substitute U+FFFD",
+                    where=source.name,
                 ) from None
             if piece:
                 yield piece

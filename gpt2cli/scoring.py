@@ -78,11 +78,18 @@ def window_plan(n_tokens: int, ctx: int, stride: int) -> list[Window]:
 def check_window(ctx: int, stride: int, n_positions: int | None = None) -> None:
     """InputError unless 2 <= ctx <= n_positions and 1 <= stride <= ctx."""
     if ctx < 2:
-        raise InputError(f"--ctx must be at least 2, got {ctx}")
+        raise InputError(param="ctx", reason=f"must be at least 2, got {ctx}")
     if n_positions is not None and ctx > n_positions:
-        raise InputError(f"--ctx {ctx} is longer than the model's context ({n_positions} tokens)")
+        raise InputError(
+            param="ctx",
+            reason=f"{ctx} is longer than the model's context ({n_positions} tokens)",
+        )
     if not 1 <= stride <= ctx:
-        raise InputError(f"--stride must be between 1 and --ctx ({ctx}), got {stride}")
+        raise InputError(
+            param="stride",
+            reason=f"must be between 1 and {ctx}, got {stride}",
+            hint="it cannot exceed {ctx}",
+        )
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
@@ -226,7 +233,10 @@ def plan_continuation(context: Sequence[int], continuation: Sequence[int], ctx: 
     if not context:
         raise InputError("the context is empty and the model has no <|endoftext|> to stand for it")
     if len(continuation) > ctx:
-        raise InputError(f"the continuation is {len(continuation)} tokens, more than --ctx ({ctx})")
+        raise InputError(
+            reason=f"the continuation is {len(continuation)} tokens, more than a window of {ctx}",
+            hint="raise {ctx}",
+        )
     sequence = list(context) + list(continuation)
     begin = max(0, len(sequence) - 1 - ctx)
     window = Window(begin, len(sequence), len(context))
@@ -472,7 +482,8 @@ def score_texts(
     eos = _eos(backend)
     if options.prefix_eos and eos is None:
         raise InputError(
-            "this model has no <|endoftext|> token to put before texts; use --no-prefix"
+            reason="this model has no <|endoftext|> token to put before texts",
+            hint="use {no_prefix}",
         )
     all_ids = tokenizer.encode_batch(list(texts))
     items = [plan_text(ids, options, eos) for ids in all_ids]
@@ -505,7 +516,7 @@ def score_pairs(
             items.append(plan_continuation(context_ids, continuation_ids, options.ctx))
         except InputError as exc:
             where = sources[number] if sources is not None else f"pair {first_index + number}"
-            raise InputError(f"{where}: {exc.message}") from None
+            raise _located(exc, where) from None
     token_scores = run_items(backend, items, options, progress)
     results = []
     for number, (item, scores) in enumerate(zip(items, token_scores, strict=True)):
@@ -521,6 +532,14 @@ def score_pairs(
             )
         )
     return results
+
+
+def _located(exc: InputError, where: str) -> InputError:
+    """`exc` said of the input named `where`, still naming its parameters for any front end."""
+    if exc.param is None and exc.reason is None:
+        return InputError(f"{where}: {exc.message}")
+    inner = f"{where}: {exc.where}" if exc.where else where
+    return InputError(param=exc.param, reason=exc.reason, hint=exc.hint, where=inner)
 
 
 def _eos(backend: Backend) -> int | None:

@@ -1,17 +1,25 @@
 """Session-wide test models: built (and exported) once, shared by every test file.
 
 Fixtures: gpt2_vocab_dir, tiny_model_dir, tiny_onnx_dir, tiny_onnx_int8_dir, memorised_model_dir,
-memorised_onnx_dir, memorised_onnx_int8_dir. The builders and MEMORISED_PARAGRAPH live in
-tests/models.py. Model directories are read-only by convention: copy one before changing it.
+memorised_onnx_dir, memorised_onnx_int8_dir; loaded once: torch_backend and onnx_backend (our
+backends on tiny_model_dir and tiny_onnx_dir) and hf_model (transformers' GPT2LMHeadModel on
+tiny_model_dir). The builders and MEMORISED_PARAGRAPH live in tests/models.py. Model directories
+and loaded models are read-only by convention: copy or load your own before changing one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.models import build_memorised_model, build_random_model, write_vocab
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
+
+    from gpt2cli.backends.base import Backend
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +74,27 @@ def memorised_onnx_int8_dir(
 ) -> Path:
     """memorised_model_dir exported by export-onnx --quantize int8."""
     return _export(memorised_model_dir, tmp_path_factory, "memorised-onnx-int8", "int8")
+
+
+@pytest.fixture(scope="session")
+def torch_backend(tiny_model_dir: Path) -> Backend:
+    """Our torch backend on tiny_model_dir."""
+    from gpt2cli.loader import load_backend
+
+    return load_backend(str(tiny_model_dir), backend="torch")
+
+
+@pytest.fixture(scope="session")
+def onnx_backend(tiny_onnx_dir: Path) -> Backend:
+    """Our onnx backend on tiny_onnx_dir."""
+    from gpt2cli.loader import load_backend
+
+    return load_backend(str(tiny_onnx_dir), backend="onnx")
+
+
+@pytest.fixture(scope="session")
+def hf_model(tiny_model_dir: Path) -> GPT2LMHeadModel:
+    """transformers' GPT2LMHeadModel on tiny_model_dir, in eval mode: the oracle."""
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()

@@ -165,7 +165,7 @@ CASES: list[Case] = [
         "score --pairs: continuation longer than --ctx names its line",
         (*SCORE, "--pairs", "--ctx", "4", "-f", "pairs.jsonl"),
         2,
-        "pairs.jsonl:1: the continuation is 6 tokens, more than --ctx (4)",
+        "pairs.jsonl:1: the continuation is 6 tokens, more than a window of 4 (raise --ctx)",
         files=_pairs(("a", " b b b b b b")),
         model=TINY_ONNX,
     ),

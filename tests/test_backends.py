@@ -27,17 +27,6 @@ def padded_batch(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]: 
     return ids, mask
 
 
-@pytest.fixture(scope="module")
-def torch_backend(tiny_model_dir):  # noqa: ANN001, ANN201
-    return load_backend(str(tiny_model_dir), backend="torch")
-
-
-@pytest.fixture(scope="module")
-def hf_model(tiny_model_dir):  # noqa: ANN001, ANN201
-    from transformers import GPT2LMHeadModel
-
-    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
-
 
 def hf_forward(model, ids: np.ndarray, mask: np.ndarray, **kwargs):  # noqa: ANN001, ANN201
     import torch
@@ -156,11 +145,6 @@ def test_memorised_paragraph_greedy_on_torch(memorised_model_dir) -> None:  # no
     ids = backend.tokenizer.encode(MEMORISED_PARAGRAPH)
     produced = greedy_continue(backend, ids[:MEMORISED_PROMPT_TOKENS], len(ids))
     assert produced == ids[MEMORISED_PROMPT_TOKENS:] + [50256]
-
-
-@pytest.fixture(scope="module")
-def onnx_backend(tiny_onnx_dir):  # noqa: ANN001, ANN201
-    return load_backend(str(tiny_onnx_dir), backend="onnx")
 
 
 def test_auto_picks_onnx_for_an_export(tiny_onnx_dir) -> None:  # noqa: ANN001

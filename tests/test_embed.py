@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from gpt2cli.cli import cli_name
 from gpt2cli.embedding import EmbedOptions, embed_texts, l2_normalize, pool
 from gpt2cli.errors import InputError
-from gpt2cli.loader import load_backend
 from tests.clirun import assert_one_line_error, run_cli
 
 TEXTS = [
@@ -17,11 +17,6 @@ TEXTS = [
     "Short.",
     "The quick brown fox jumps over the lazy dog, and then it jumps back again.",
 ]
-
-
-@pytest.fixture(scope="module")
-def torch_backend(tiny_model_dir):  # noqa: ANN001, ANN201
-    return load_backend(str(tiny_model_dir), backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +103,9 @@ def test_layer_out_of_range_is_an_input_error(torch_backend) -> None:  # noqa: A
 
 def test_too_long_is_an_error_unless_truncated(torch_backend) -> None:  # noqa: ANN001
     long_text = "word" + " word" * 1099
-    with pytest.raises(InputError, match="--truncate"):
+    with pytest.raises(InputError) as refused:
         embed_texts(torch_backend, [long_text], EmbedOptions())
+    assert refused.value.render(cli_name).endswith("(pass --truncate to keep the first tokens)")
     (result,) = embed_texts(torch_backend, [long_text], EmbedOptions(truncate=True))
     assert result.truncated and result.tokens == 1024 and result.text_tokens == 1100
 
@@ -118,8 +114,7 @@ def test_too_long_is_an_error_unless_truncated(torch_backend) -> None:  # noqa: 
 # The onnx backend
 
 
-def test_onnx_embed_agrees_with_torch(tiny_onnx_dir, torch_backend) -> None:  # noqa: ANN001
-    onnx_backend = load_backend(str(tiny_onnx_dir), backend="onnx")
+def test_onnx_embed_agrees_with_torch(onnx_backend, torch_backend) -> None:  # noqa: ANN001
     for options in (EmbedOptions(pooling="none"), EmbedOptions(layer=1, pooling="mean")):
         expected = embed_texts(torch_backend, TEXTS, options)
         actual = embed_texts(onnx_backend, TEXTS, options)

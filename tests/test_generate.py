@@ -13,13 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from gpt2cli.cli import app, cli_name
 from gpt2cli.decoding import GenerationParams, generate
-from gpt2cli.errors import CliError
-from gpt2cli.loader import load_backend
-from tests.clirun import assert_one_line_error, run_cli
+from tests.clirun import assert_one_line_error, run_cli, run_in_process
 from tests.models import MEMORISED_PARAGRAPH, MEMORISED_PROMPT_TOKENS
 
 EOS = 50256
@@ -32,17 +28,12 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def torch_backend(tiny_model_dir: Path):  # noqa: ANN201
-    return load_backend(str(tiny_model_dir), backend="torch")
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_model_dir: Path):  # noqa: ANN201
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+def hf(tiny_model_dir: Path, hf_model):  # noqa: ANN001, ANN201
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
     tokenizer.pad_token = tokenizer.eos_token
-    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval(), tokenizer
+    return hf_model, tokenizer
 
 
 def hf_generate(hf, prompts: list[str], **kwargs: Any) -> list[list[int]]:  # noqa: ANN001
@@ -113,11 +104,6 @@ def test_same_seed_samples_the_same(torch_backend) -> None:  # noqa: ANN001
 # --- the onnx backend against the torch backend --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def onnx_backend(tiny_onnx_dir: Path):  # noqa: ANN201
-    return load_backend(str(tiny_onnx_dir), backend="onnx")
-
-
 def test_onnx_greedy_equals_torch_greedy(torch_backend, onnx_backend) -> None:  # noqa: ANN001
     for batch in (1, 4):
         expected = ours(torch_backend, PROMPTS, batch, do_sample=False, max_new_tokens=30)
@@ -170,13 +156,9 @@ def test_cli_reproduces_the_memorised_paragraph(which: str, request: pytest.Fixt
 
 
 def invoke(*args: str, stdin: str = "") -> tuple[int, str, str]:
-    """The command in-process (models load once per test session); (exit code, stdout, stderr)."""
-    result = CliRunner().invoke(app, ["generate", *args], input=stdin)
-    if isinstance(result.exception, CliError):
-        return result.exception.exit_code, result.stdout, result.exception.render(cli_name)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+    """`generate ARGS` in-process through cli.run; (exit code, stdout, stderr)."""
+    result = run_in_process("generate", *args, input=stdin)
+    return result.returncode, result.out, result.err
 
 
 def test_text_output_and_separators(tiny_model_dir: Path) -> None:

@@ -127,7 +127,7 @@ def test_threads_bound_follows_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(tokenizer.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert tokenizer.max_threads() == 12
     assert tokenizer.check_threads(12) == 12
-    with pytest.raises(InputError, match="--threads: must be from 1 to 12"):
+    with pytest.raises(InputError, match="threads: must be from 1 to 12"):
         tokenizer.check_threads(13)
 
 

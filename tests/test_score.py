@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpt2cli.cli import cli_name
 from gpt2cli.errors import InputError
 from gpt2cli.loader import load_backend
 from gpt2cli.scoring import (
@@ -95,6 +96,32 @@ def test_bad_windows_are_input_errors(ctx: int, stride: int) -> None:
 def test_ctx_longer_than_the_model_is_an_input_error() -> None:
     with pytest.raises(InputError, match="longer than the model's context"):
         check_window(2048, 512, n_positions=1024)
+
+
+def test_window_errors_name_parameters_for_each_front_end() -> None:
+    with pytest.raises(InputError) as refused:
+        check_window(16, 32)
+    assert refused.value.param == "stride"
+    said = "must be between 1 and 16, got 32 (it cannot exceed {})"
+    assert refused.value.render(cli_name) == "--stride: " + said.format("--ctx")
+    assert refused.value.render(lambda p: f"params.{p}") == "params.stride: " + said.format(
+        "params.ctx"
+    )
+    with pytest.raises(InputError) as refused:
+        check_window(1, 1)
+    assert refused.value.render(cli_name) == "--ctx: must be at least 2, got 1"
+
+
+def test_a_refused_pair_is_named_and_keeps_its_parameters(torch_backend) -> None:  # noqa: ANN001
+    options = ScoreOptions(ctx=4, stride=4)
+    with pytest.raises(InputError) as refused:
+        score_pairs(torch_backend, [("a", " b")] * 2 + [("a", " b b b b b b")], options)
+    assert refused.value.render(cli_name) == (
+        "pair 2: the continuation is 6 tokens, more than a window of 4 (raise --ctx)"
+    )
+    with pytest.raises(InputError) as refused:
+        score_pairs(torch_backend, [("a", " b"), ("hel", "lo")], options, sources=["x:1", "x:2"])
+    assert refused.value.render(cli_name).startswith("x:2: the continuation merges into")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,17 +230,6 @@ def evaluation_text() -> str:
     words += "river station album season church battle song league village ship".split()
     return " ".join(rng.choice(words) for _ in range(2500)) + "."
 
-
-@pytest.fixture(scope="module")
-def torch_backend(tiny_model_dir):  # noqa: ANN001, ANN201
-    return load_backend(str(tiny_model_dir), backend="torch")
-
-
-@pytest.fixture(scope="module")
-def hf_model(tiny_model_dir):  # noqa: ANN001, ANN201
-    from transformers import GPT2LMHeadModel
-
-    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
 
 
 @pytest.mark.parametrize(
@@ -356,8 +372,7 @@ def test_memorised_continuation_is_greedy(memorised_backend) -> None:  # noqa: A
 # The onnx backend
 
 
-def test_onnx_scores_agree_with_torch(tiny_onnx_dir, torch_backend) -> None:  # noqa: ANN001
-    onnx_backend = load_backend(str(tiny_onnx_dir), backend="onnx")
+def test_onnx_scores_agree_with_torch(onnx_backend, torch_backend) -> None:  # noqa: ANN001
     texts = ["A first text to score on both backends.", evaluation_text()[:3000]]
     options = ScoreOptions(ctx=256, stride=100, details=True)
     for on_onnx, on_torch in zip(

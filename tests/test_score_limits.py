@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt2cli.cli import run
 from gpt2cli.commands import score as score_command
+from tests.clirun import run_in_process
 
 GNU_TIME = Path("/usr/bin/time")
 GPT2CLI = str(Path(sys.executable).parent / "gpt2cli")
@@ -25,10 +25,10 @@ def _lines(count: int) -> str:
                    for i in range(count))  # fmt: skip
 
 
-def _score(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    capsys.readouterr()
-    assert run(["score", *args]) == 0
-    return capsys.readouterr().out
+def _score(*args: str) -> str:
+    result = run_in_process("score", *args)
+    assert result.returncode == 0, result.err
+    return result.out
 
 
 @pytest.mark.parametrize(
@@ -45,18 +45,17 @@ def _score(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     ids=lambda mode: " ".join(mode) or "text",
 )
 def test_blocks_write_what_one_block_writes(
-    tiny_onnx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, mode: tuple[str, ...],
-) -> None:  # fmt: skip
+    tiny_onnx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: tuple[str, ...]
+) -> None:
     texts = _lines(7).splitlines()
     if "--pairs" in mode:
         texts = [json.dumps({"context": t, "continuation": " end"}) for t in texts]
     source = tmp_path / "in.txt"
     source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     args = ("-m", str(tiny_onnx_dir), "--lines", "-f", str(source), *mode)
-    whole = _score(capsys, *args)
+    whole = _score(*args)
     monkeypatch.setattr(score_command, "BLOCK_TEXTS", 2)
-    assert _score(capsys, *args) == whole
+    assert _score(*args) == whole
     if "--json" in mode:
         document = json.loads(whole)
         assert whole == json.dumps(document, ensure_ascii=False, indent=2) + "\n"
