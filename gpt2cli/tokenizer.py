@@ -42,11 +42,12 @@ def max_threads() -> int:
 
 
 def check_threads(threads: int | None) -> int | None:
-    """`threads` if it is a sane --threads value; InputError (exit 2) otherwise."""
+    """`threads` if it is a sane thread count; an InputError on `threads` otherwise."""
     if threads is not None and not 1 <= threads <= max_threads():
         raise InputError(
-            f"--threads: must be from 1 to {max_threads()} ({THREADS_PER_CPU} per CPU "
-            f"available), got {threads}"
+            param="threads",
+            reason=f"must be from 1 to {max_threads()} ({THREADS_PER_CPU} per CPU available), "
+            f"got {threads}",
         )
     return threads
 
@@ -389,8 +390,8 @@ def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Toke
     if model is None:
         return GPT2Tokenizer(parse_special=parse_special)
     if not model.strip():
-        raise InputError("--model: empty; give a Hub model id or a directory")
-    from gpt2cli.loader import TOKENIZER_FILES, resolve_model_dir
+        raise InputError(param="model", reason="empty; give a Hub model id or a directory")
+    from gpt2cli.model_files import TOKENIZER_FILES, resolve_model_dir
 
     directory = resolve_model_dir(model, TOKENIZER_FILES)
     return HFTokenizer.from_dir(directory, parse_special=parse_special)
