@@ -113,10 +113,8 @@ def embed_encoded(
     backend: Backend, encoded: Sequence[Encoded], options: EmbedOptions, first_index: int = 0
 ) -> list[Embedded]:
     """Features of encoded texts, in order; batched by length to keep padding small."""
-    from gpt2cli.loader import check_hidden_layer
-
     info = backend.info
-    layer = check_hidden_layer(info, info.n_layer if options.layer is None else options.layer)
+    layer = info.hidden_state_index(info.n_layer if options.layer is None else options.layer)
     vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids), reverse=True)
     start = 0

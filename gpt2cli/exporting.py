@@ -29,14 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from gpt2cli.errors import InputError, MissingExtraError, ModelError
-from gpt2cli.loader import (
+from gpt2cli.backends.onnx_format import (
+    KEEP_INPUT,
+    MANIFEST_FORMAT,
     MANIFEST_NAME,
-    METADATA_FILES,
+    MANIFEST_VERSION,
+    ONNX_DATA,
     ONNX_MODEL,
+    hidden_name,
+)
+from gpt2cli.errors import InputError, MissingExtraError, ModelError
+from gpt2cli.model_files import (
+    METADATA_FILES,
     PYTORCH_BIN_FILES,
     SAFETENSORS_FILES,
     TOKENIZER_FILES,
+    check_torch_weights,
     read_config,
     resolve_model_dir,
 )
@@ -44,7 +52,6 @@ from gpt2cli.outputs import Settings, check_directory, temp_name
 
 TASK = "text-generation-with-past"
 QUANTIZATIONS = ("int8", "int4")
-KEEP_INPUT = "logits_to_keep"
 MS_DOMAIN = "com.microsoft"
 # An fp32 export whose logits stray further than this from PyTorch's is refused.
 FP32_TOLERANCE = 1e-3
@@ -55,7 +62,6 @@ VALIDATION_TEXTS = (
 VALIDATION_STEPS = 20
 # int4 blocks: powers of two that ONNX Runtime's MatMulNBits kernels (MLAS) implement.
 BLOCK_SIZES = (16, 32, 64, 128, 256)
-MANIFEST_FORMAT = "gpt2cli-onnx-export"
 LIBRARIES = (
     "gpt2cli", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
     "accelerate",
@@ -313,7 +319,6 @@ def _optimum_export(source_dir: Path, target: Path, opset: int | None) -> None:
     from optimum.exporters.onnx import main_export
 
     from gpt2cli.backends.torch import check_pickled_weights
-    from gpt2cli.loader import check_torch_weights
 
     # config.json against the weights before optimum builds a model from its sizes; a pickle
     # holding more than tensors is refused here with the reason, not optimum's fallbacks.
@@ -373,7 +378,7 @@ def finish_graph(source: Path, target: Path, config: dict[str, Any]) -> None:
         str(path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=ONNX_MODEL + "_data",
+        location=ONNX_DATA,
         size_threshold=1024,
     )
     onnx.checker.check_model(str(path))  # by path: external data is checked where it lies
@@ -495,7 +500,7 @@ def add_gpt2cli_io(model: Any, config: dict[str, Any]) -> None:
     head = heads[0]
     hidden_inputs = [norms[2 * i].input[0] for i in range(n_layer)] + [head.input[0]]
     for index, tensor in enumerate(hidden_inputs):
-        name = f"hidden_states.{index}"
+        name = hidden_name(index)
         graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"gpt2cli/{name}"))
         graph.output.append(
             helper.make_tensor_value_info(
@@ -720,7 +725,7 @@ def _manifest(
     files = {p.name: p.stat().st_size for p in sorted(final.iterdir()) if p.is_file()}
     return {
         "format": MANIFEST_FORMAT,
-        "format_version": 1,
+        "format_version": MANIFEST_VERSION,
         "source": model,
         "source_revision": _revision(source_dir),
         "task": TASK,

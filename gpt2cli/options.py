@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from gpt2cli.backends import registry
+
 
 def panel_option(*names: str, help: str, panel: str, **kwargs: Any) -> Any:  # noqa: A002
     """A typer.Option shown under the `panel` heading of the command's help."""
@@ -60,27 +62,17 @@ Output = Annotated[
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 
 
-class BackendName(str, Enum):
-    """--backend choices; a str subclass, so `backend == "onnx"` works."""
-
-    auto = "auto"
-    torch = "torch"
-    onnx = "onnx"
-
-
-class DeviceName(str, Enum):
-    """--device choices."""
-
-    cpu = "cpu"
-    cuda = "cuda"
+def _choices(name: str, values: tuple[str, ...], doc: str) -> type[Enum]:
+    """A str Enum of `values` (so `choice == "onnx"` works), each member named as its value."""
+    choices = Enum(name, {value: value for value in values}, type=str, module=__name__)
+    choices.__doc__ = doc
+    return choices
 
 
-class DtypeName(str, Enum):
-    """--dtype choices."""
-
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+# From the backend registry, so a new backend needs no change here.
+BackendName = _choices("BackendName", registry.CHOICES, "--backend choices.")
+DeviceName = _choices("DeviceName", registry.DEVICES, "--device choices.")
+DtypeName = _choices("DtypeName", registry.DTYPES, "--dtype choices.")
 
 
 BackendOpt = Annotated[

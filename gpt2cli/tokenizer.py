@@ -42,7 +42,7 @@ def max_threads() -> int:
 
 
 def check_threads(threads: int | None) -> int | None:
-    """`threads` if it is a sane --threads value; InputError (exit 2) otherwise."""
+    """`threads` if it is a sane thread count; an InputError on `threads` otherwise."""
     if threads is not None and not 1 <= threads <= max_threads():
         raise InputError(
             param="threads",
@@ -391,7 +391,7 @@ def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Toke
         return GPT2Tokenizer(parse_special=parse_special)
     if not model.strip():
         raise InputError(param="model", reason="empty; give a Hub model id or a directory")
-    from gpt2cli.loader import TOKENIZER_FILES, resolve_model_dir
+    from gpt2cli.model_files import TOKENIZER_FILES, resolve_model_dir
 
     directory = resolve_model_dir(model, TOKENIZER_FILES)
     return HFTokenizer.from_dir(directory, parse_special=parse_special)

@@ -437,7 +437,8 @@ CASES: list[Case] = [
         "models: --dtype bfloat16 on an ONNX export is a usage error",
         GENERATE + ("--dtype", "bfloat16", "Hello"),
         2,
-        "--dtype bfloat16: the ONNX backend runs the export's own precision (float32",
+        "--dtype: got bfloat16, but the ONNX backend runs only the export's own precision, "
+        "float32 (export-onnx writes float32; use --dtype float32, or --backend torch)",
         model="tiny_onnx_dir",
     ),
     # onnxruntime's own log lines never reach stderr (item 20).

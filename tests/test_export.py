@@ -17,7 +17,8 @@ import pytest
 
 from gpt2cli.backends.base import position_ids_from_mask
 from gpt2cli.exporting import ExportOptions, export_model
-from gpt2cli.loader import MANIFEST_NAME, load_backend
+from gpt2cli.loader import load_backend
+from gpt2cli.model_files import MANIFEST_NAME
 from tests.clirun import assert_one_line_error, run_cli
 from tests.models import MEMORISED_PARAGRAPH, MEMORISED_PROMPT_TOKENS, greedy_continue
 

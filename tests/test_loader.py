@@ -114,12 +114,41 @@ def test_nonexistent_directory_is_a_model_error(tmp_path: Path) -> None:
 
 
 def test_bad_choices_are_input_errors(tiny_model_dir: Path) -> None:
-    with pytest.raises(InputError, match="--backend"):
-        load_backend(str(tiny_model_dir), backend="tensorflow")
-    with pytest.raises(InputError, match="--dtype"):
-        load_backend(str(tiny_model_dir), dtype="int3")
-    with pytest.raises(InputError, match="--device"):
-        load_backend(str(tiny_model_dir), device="tpu")
+    from gpt2cli.cli import cli_name
+
+    for param, value, choices in (
+        ("backend", "tensorflow", "auto, torch, onnx"),
+        ("dtype", "int3", "float32, bfloat16, float16"),
+        ("device", "tpu", "cpu, cuda"),
+    ):
+        with pytest.raises(InputError) as caught:
+            load_backend(str(tiny_model_dir), **{param: value})
+        assert caught.value.param == param
+        assert caught.value.render(cli_name) == (
+            f"--{param}: expected one of {choices}, got {value!r}"
+        )
+
+
+def test_backend_choices_come_from_the_registry() -> None:
+    from gpt2cli.backends import registry
+    from gpt2cli.options import BackendName, DeviceName, DtypeName
+
+    assert [b.value for b in BackendName] == ["auto", "torch", "onnx"] == list(registry.CHOICES)
+    assert [d.value for d in DeviceName] == ["cpu", "cuda"]
+    assert [d.value for d in DtypeName] == ["float32", "bfloat16", "float16"]
+    assert BackendName.onnx == "onnx" and isinstance(BackendName.auto, str)
+
+
+def test_auto_choice_from_the_registry(
+    tiny_model_dir: Path, tiny_onnx_dir: Path, tmp_path: Path
+) -> None:
+    from gpt2cli.backends import registry
+
+    assert registry.choose_local(tiny_model_dir) == "torch"
+    assert registry.choose_local(tiny_onnx_dir) == "onnx"
+    assert registry.choose_local(tmp_path) == registry.DEFAULT  # neither: torch's error follows
+    assert registry.choose_hub(tiny_onnx_dir) == "onnx"  # its manifest marks an export
+    assert registry.choose_hub(tmp_path) == "torch"
 
 
 def test_enum_option_values_are_accepted(tiny_model_dir: Path) -> None:
@@ -131,9 +160,7 @@ def test_enum_option_values_are_accepted(tiny_model_dir: Path) -> None:
     assert backend.name == "torch"
 
 
-@pytest.mark.skipif(
-    __import__("torch").cuda.is_available(), reason="checks the error without CUDA"
-)
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir: Path) -> None:
     with pytest.raises(CliError, match="CUDA is not available"):
         load_backend(str(tiny_model_dir), backend="torch", device="cuda")
@@ -237,13 +264,24 @@ def test_onnx_dir_missing_config_is_a_model_error(tiny_onnx_dir: Path, tmp_path:
 
 
 def test_torch_on_an_onnx_export_says_so(tiny_onnx_dir: Path) -> None:
-    with pytest.raises(ModelError, match="use --backend onnx"):
+    from gpt2cli.cli import cli_name
+
+    with pytest.raises(ModelError) as caught:
         load_backend(str(tiny_onnx_dir), backend="torch")
+    assert caught.value.render(cli_name).endswith(
+        "no model.safetensors or pytorch_model.bin: incomplete model directory "
+        "(it holds an ONNX export: use --backend onnx)"
+    )
 
 
 def test_onnx_on_a_pytorch_model_says_how_to_export(tiny_model_dir: Path) -> None:
-    with pytest.raises(ModelError, match="export-onnx"):
+    from gpt2cli.cli import cli_name
+
+    with pytest.raises(ModelError, match="export-onnx") as caught:
         load_backend(str(tiny_model_dir), backend="onnx")
+    assert caught.value.render(cli_name).endswith(
+        "DIR` (it holds PyTorch weights: use --backend torch)"
+    )
 
 
 def test_onnx_export_not_matching_config_is_a_model_error(

@@ -41,7 +41,7 @@ def test_initializer_dims_matches_onnx(tiny_onnx_int8_dir: Path) -> None:
 
 
 def test_safetensors_header_shapes_and_truncation(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from gpt2cli.loader import safetensors_shapes
+    from gpt2cli.model_files import safetensors_shapes
 
     shapes = safetensors_shapes(tiny_model_dir / "model.safetensors")
     assert shapes["transformer.wpe.weight"] == [1024, 64]
@@ -60,7 +60,7 @@ def test_sharded_safetensors_are_checked_across_shards(
 ) -> None:
     from safetensors.torch import load_file, save_file
 
-    from gpt2cli.loader import check_torch_weights, read_config
+    from gpt2cli.model_files import check_torch_weights, read_config
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
@@ -101,7 +101,7 @@ def test_weights_error_names_the_first_failure() -> None:
 
 
 def test_generation_settings_are_coerced_or_refused(tmp_path: Path) -> None:
-    from gpt2cli.loader import check_generation_settings
+    from gpt2cli.model_files import check_generation_settings
 
     checked = check_generation_settings(
         "g.json", {"top_k": 40.0, "temperature": 1, "max_new_tokens": None, "foo": "bar"}, 100
@@ -127,8 +127,9 @@ def test_threads_bound_follows_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(tokenizer.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert tokenizer.max_threads() == 12
     assert tokenizer.check_threads(12) == 12
-    with pytest.raises(InputError, match="threads: must be from 1 to 12"):
+    with pytest.raises(InputError, match="threads: must be from 1 to 12") as caught:
         tokenizer.check_threads(13)
+    assert caught.value.param == "threads"
 
 
 def test_onnxruntime_logs_nothing_unless_debug(tiny_onnx_dir: Path) -> None:

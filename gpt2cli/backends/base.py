@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from gpt2cli.model_info import ModelInfo  # also importable from here, beside Backend
 from gpt2cli.tokenizer import Tokenizer
 
 LogitsWanted = Literal["all", "last", "none"] | int  # int n: the last n positions
-
-
-@dataclass
-class ModelInfo:
-    """What the commands need to know about a loaded model."""
-
-    model_dir: Path
-    source: str  # what the user passed to --model
-    vocab_size: int
-    n_positions: int  # context length (1024 for GPT-2)
-    n_layer: int
-    n_head: int
-    n_embd: int
-    eos_token_id: int | None
-    bos_token_id: int | None
-    # generation_config.json merged with config.task_specific_params["text-generation"],
-    # as transformers' pipeline applies them (gpt2: do_sample=True, max_length=50).
-    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +20,24 @@ from typing import IO, Any
 
 import numpy as np
 
-from gpt2cli.backends.base import ForwardResult, LogitsWanted, ModelInfo
-from gpt2cli.errors import CliError, InputError, ModelError
+from gpt2cli.backends.base import ForwardResult, LogitsWanted
+from gpt2cli.backends.onnx_format import (
+    EMBEDDING_TABLES,
+    HIDDEN_PREFIX,
+    KEEP_INPUT,
+    LOGITS_OUTPUT,
+    ONNX_MODEL,
+    PAST_KEY,
+    dtype_error,
+    hidden_name,
+    past_name,
+    present_name,
+)
+from gpt2cli.errors import CliError, ModelError
+from gpt2cli.model_info import ModelInfo
 from gpt2cli.tokenizer import Tokenizer
 
-ONNX_FILE = "model.onnx"
-KEEP_INPUT = "logits_to_keep"
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-_PAST = re.compile(r"past_key_values\.(\d+)\.key")
-# Embedding tables whose shapes config.json must match (optimum's names; int4 exports rename them).
-_TABLES = ("transformer.wte.weight", "transformer.wpe.weight")
 
 
 def import_onnxruntime() -> Any:
@@ -112,7 +117,7 @@ class OnnxBackend:
         self.info = info
         self.tokenizer = tokenizer
         self.device = device
-        path = info.model_dir / ONNX_FILE
+        path = info.model_dir / ONNX_MODEL
 
         check_tables(path, info)
         options = ort.SessionOptions()
@@ -141,15 +146,12 @@ class OnnxBackend:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         layers = check_graph(path, info, inputs, outputs)
-        self.past_names = [
-            f"past_key_values.{layer}.{kind}"
-            for layer in range(layers)
-            for kind in ("key", "value")
-        ]
-        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        cache = [(layer, kind) for layer in range(layers) for kind in ("key", "value")]
+        self.past_names = [past_name(layer, kind) for layer, kind in cache]
+        self.present_names = [present_name(layer, kind) for layer, kind in cache]
         self.has_position_ids = "position_ids" in inputs
         self.has_keep = KEEP_INPUT in {i.name for i in self.session.get_overridable_initializers()}
-        self.hidden_outputs = {o for o in outputs if o.startswith("hidden_states.")}
+        self.hidden_outputs = {o for o in outputs if o.startswith(HIDDEN_PREFIX)}
 
         past = inputs[self.past_names[0]]
         self.cache_dtype = _NUMPY_TYPES[past.type]
@@ -172,16 +174,15 @@ class OnnxBackend:
         hidden_layer: int | None = None,
     ) -> ForwardResult:
         """One forward pass; see base.Backend.forward."""
-        from gpt2cli.loader import check_hidden_layer
-
-        layer = check_hidden_layer(self.info, hidden_layer)
-        hidden_name = None
+        layer = self.info.hidden_state_index(hidden_layer)
+        wanted_hidden = None
         if layer is not None:
-            hidden_name = f"hidden_states.{layer}"
-            if hidden_name not in self.hidden_outputs:
+            wanted_hidden = hidden_name(layer)
+            if wanted_hidden not in self.hidden_outputs:
                 raise ModelError(
-                    f"{self.info.model_dir}: this ONNX export has no hidden-state outputs; "
-                    "re-export it with `gpt2cli export-onnx`, or use --backend torch"
+                    where=str(self.info.model_dir),
+                    reason="this ONNX export has no hidden-state outputs",
+                    hint="re-export it with `gpt2cli export-onnx`, or use {backend} torch",
                 )
         batch, new_tokens = input_ids.shape
         feeds: dict[str, np.ndarray] = {
@@ -198,7 +199,7 @@ class OnnxBackend:
             past = [self.ort.OrtValue.ortvalue_from_numpy(empty)] * len(self.past_names)
         else:
             past = cache.values
-        wanted = ["logits", *self.present_names] + ([hidden_name] if hidden_name else [])
+        wanted = [LOGITS_OUTPUT, *self.present_names] + ([wanted_hidden] if wanted_hidden else [])
         try:
             if self.device == "cuda":
                 values = self._run_bound(feeds, past, wanted)
@@ -213,7 +214,7 @@ class OnnxBackend:
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
             raise ModelError(
-                f"{self.info.model_dir / ONNX_FILE}: onnxruntime failed: {first_line(exc)}"
+                f"{self.info.model_dir / ONNX_MODEL}: onnxruntime failed: {first_line(exc)}"
             ) from None
 
         scores = None
@@ -225,7 +226,7 @@ class OnnxBackend:
                 scores = scores[:, -logits:]  # without logits_to_keep, all came back
             scores = scores.astype(np.float32, copy=False)
         presents = values[1 : 1 + len(self.present_names)]
-        hidden = values[-1].numpy().astype(np.float32, copy=False) if hidden_name else None
+        hidden = values[-1].numpy().astype(np.float32, copy=False) if wanted_hidden else None
         length = (cache.length if cache is not None else 0) + new_tokens
         return ForwardResult(logits=scores, hidden=hidden, cache=OnnxCache(presents, length))
 
@@ -239,7 +240,7 @@ class OnnxBackend:
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
         for name in wanted:
-            binding.bind_output(name, "cpu" if name == "logits" else self.output_device)
+            binding.bind_output(name, "cpu" if name == LOGITS_OUTPUT else self.output_device)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
 
@@ -255,14 +256,6 @@ class OnnxBackend:
         return OnnxCache(values, cache.length)
 
 
-def dtype_error(dtype: str, model_dtype: str) -> InputError:
-    """--dtype asks for a precision that an ONNX export does not have."""
-    return InputError(
-        f"--dtype {dtype}: the ONNX backend runs the export's own precision ({model_dtype}; "
-        f"export-onnx writes only float32); use --dtype {model_dtype}, or --backend torch"
-    )
-
-
 def inconsistent(path: Path, what: str) -> ModelError:
     return ModelError(
         f"{path.parent}: the model is inconsistent: {what}; fix config.json or re-export the model"
@@ -273,10 +266,11 @@ def check_tables(path: Path, info: ModelInfo) -> None:
     """The embedding tables in model.onnx against config.json, read before any weight is:
     model.onnx's inputs say nothing of the context length. int4 exports store the tables as
     `<name>_Q4` (rows unchanged); an index past their end is not even an error there."""
-    dims = initializer_dims(path, {*_TABLES, *(f"{name}_Q4" for name in _TABLES)})
+    tables = EMBEDDING_TABLES
+    dims = initializer_dims(path, {*tables, *(f"{name}_Q4" for name in tables)})
     checks = (
-        (_TABLES[0], info.vocab_size, f"vocab_size {info.vocab_size}", "token"),
-        (_TABLES[1], info.n_positions, f"n_positions {info.n_positions}", "position"),
+        (tables[0], info.vocab_size, f"vocab_size {info.vocab_size}", "token"),
+        (tables[1], info.n_positions, f"n_positions {info.n_positions}", "position"),
     )
     for name, rows, says, what in checks:
         table, quantized = dims.get(name), dims.get(f"{name}_Q4")
@@ -296,9 +290,10 @@ def check_graph(
     path: Path, info: ModelInfo, inputs: dict[str, Any], outputs: dict[str, Any]
 ) -> int:
     """The session's inputs and outputs against config.json; returns the number of layers."""
-    layers = {int(m.group(1)) for name in inputs if (m := _PAST.fullmatch(name))}
-    required = ["input_ids", "attention_mask", "past_key_values.0.key"]
-    missing = [n for n in required if n not in inputs] + [n for n in ["logits"] if n not in outputs]
+    layers = {int(m.group(1)) for name in inputs if (m := PAST_KEY.fullmatch(name))}
+    required = ["input_ids", "attention_mask", past_name(0, "key")]
+    missing = [n for n in required if n not in inputs]
+    missing += [n for n in [LOGITS_OUTPUT] if n not in outputs]
     if missing:
         raise ModelError(
             f"{path}: not a GPT-2 text-generation-with-past export (no {missing[0]}); "
@@ -314,9 +309,10 @@ def check_graph(
                 f"{path}: input {name} is {inputs[name].type}, expected tensor(int64): "
                 "not an export gpt2cli can run; re-export with `gpt2cli export-onnx`"
             )
-    names = [f"past_key_values.{i}.{k}" for i in range(info.n_layer) for k in ("key", "value")]
-    names += [n.replace("past_key_values", "present") for n in names]
-    first = inputs["past_key_values.0.key"].type
+    kinds = ("key", "value")
+    names = [past_name(i, k) for i in range(info.n_layer) for k in kinds]
+    names += [present_name(i, k) for i in range(info.n_layer) for k in kinds]
+    first = inputs[past_name(0, "key")].type
     head_dim = info.n_embd // info.n_head
     for name in names:
         value = inputs.get(name) or outputs.get(name)
@@ -339,7 +335,7 @@ def check_graph(
                 raise inconsistent(
                     path, f"config.json gives {what} = {want}, but model.onnx's {name} has {size}"
                 )
-    logits = outputs["logits"].shape
+    logits = outputs[LOGITS_OUTPUT].shape
     if logits and isinstance(logits[-1], int) and logits[-1] != info.vocab_size:
         raise inconsistent(
             path, f"config.json says vocab_size {info.vocab_size}, but model.onnx's logits have "
@@ -347,7 +343,7 @@ def check_graph(
         )
     for name, value in outputs.items():
         width = value.shape[-1] if value.shape else None
-        if name.startswith("hidden_states.") and isinstance(width, int) and width != info.n_embd:
+        if name.startswith(HIDDEN_PREFIX) and isinstance(width, int) and width != info.n_embd:
             raise inconsistent(
                 path, f"config.json says n_embd {info.n_embd}, but model.onnx's {name} has {width}"
             )

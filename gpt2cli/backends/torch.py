@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from gpt2cli.backends.base import ForwardResult, LogitsWanted, ModelInfo
+from gpt2cli.backends.base import ForwardResult, LogitsWanted
 from gpt2cli.errors import CliError, MissingExtraError, ModelError
+from gpt2cli.model_files import check_weight_shapes, read_config
+from gpt2cli.model_info import ModelInfo
 from gpt2cli.tokenizer import Tokenizer
 
 # Buffers that checkpoints legitimately lack; anything else missing means broken weights.
@@ -74,10 +76,8 @@ class TorchBackend:
     ) -> ForwardResult:
         """One forward pass; see base.Backend.forward. The cache (a DynamicCache) is updated
         in place, so a cache must not be reused after being passed in."""
-        from gpt2cli.loader import check_hidden_layer
-
         torch = self.torch
-        layer = check_hidden_layer(self.info, hidden_layer)
+        layer = self.info.hidden_state_index(hidden_layer)
         with torch.inference_mode():
             ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)
             mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
@@ -153,8 +153,6 @@ def check_pickled_weights(directory: Path, config: dict[str, Any]) -> None:
     """The shapes in pytorch_model*.bin against config.json, before transformers builds (and
     randomly fills) a model from config.json's sizes. The weights are mapped, not read, and
     loaded weights-only: a pickle holding anything but tensors is refused here."""
-    from gpt2cli.loader import check_weight_shapes
-
     torch, _ = import_torch()
     files = sorted(directory.glob("pytorch_model*.bin"))
     shapes: dict[str, list[int]] = {}
@@ -186,8 +184,6 @@ def load_model(info: ModelInfo, dtype: Any, device: Any) -> Any:
     directory = info.model_dir
     use_safetensors = any(directory.glob("model*.safetensors"))
     if not use_safetensors:
-        from gpt2cli.loader import read_config
-
         check_pickled_weights(directory, read_config(directory))
     transformers.logging.set_verbosity_error()
     try:
