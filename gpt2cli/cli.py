@@ -20,6 +20,8 @@ from gpt2cli.commands.generate import generate
 from gpt2cli.commands.score import score
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, InputError
+from gpt2cli.options import CLI_NAMES as CLI_NAMES
+from gpt2cli.options import cli_name
 from gpt2cli.outputs import Settings, color_allowed, escape_controls
 
 app = typer.Typer(
@@ -78,15 +80,6 @@ def _take_global_flags(args: list[str]) -> list[str]:
     if os.environ.get("GPT2CLI_DEBUG"):
         Settings.debug = True
     return args
-
-
-# Engine parameters whose flag is not simply --name-with-dashes.
-CLI_NAMES = {"hidden_layer": "--layer", "truncate_left": "--truncate"}
-
-
-def cli_name(parameter: str) -> str:
-    """How an engine parameter is spelled on the command line."""
-    return CLI_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 def _error(message: str) -> None:

@@ -9,6 +9,15 @@ import typer
 
 from gpt2cli.backends import registry
 
+# Engine parameters whose flag is not simply --name-with-dashes.
+CLI_NAMES = {"hidden_layer": "--layer", "truncate_left": "--truncate"}
+
+
+def cli_name(parameter: str) -> str:
+    """How an engine parameter is spelled on the command line (errors name parameters by their
+    engine names; the CLI renders them with this)."""
+    return CLI_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
+
 
 def panel_option(*names: str, help: str, panel: str, **kwargs: Any) -> Any:  # noqa: A002
     """A typer.Option shown under the `panel` heading of the command's help."""

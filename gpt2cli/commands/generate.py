@@ -225,8 +225,8 @@ def generate(
 def _run(engine, params, prompts, batch_size: int, name=None) -> Iterator[tuple[list, Iterator[None]]]:  # noqa: ANN001, E501
     """For each batch of at most `batch_size` rows (prompts x return sequences): its sequences
     and the decode steps that fill them in. Prompts are read and encoded as batches need them."""
-    from gpt2cli.cli import cli_name
     from gpt2cli.decoding import Decoder, Prompt, plan_rows
+    from gpt2cli.options import cli_name
     from gpt2cli.outputs import warn
 
     decoder = Decoder(engine, params)
@@ -336,10 +336,10 @@ def sequence_record(seq, full_text: bool) -> dict[str, Any]:  # noqa: ANN001
 def _answer_request(request_path: str, overrides: dict[str, Any], return_full_text: bool | None,
                     model, backend, device, dtype, threads, batch_size: int,  # noqa: ANN001
                     replace_invalid: bool, output: str | None, force: bool) -> None:
-    from gpt2cli.cli import cli_name
     from gpt2cli.decoding import GenerationParams
     from gpt2cli.inputs import Text, read_texts
     from gpt2cli.loader import load_backend, locate_model
+    from gpt2cli.options import cli_name
     from gpt2cli.request_formats import parse_request
 
     (body,) = read_texts(None, [request_path], replace_invalid=replace_invalid)
