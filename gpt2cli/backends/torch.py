@@ -7,6 +7,7 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,44 @@ class TorchBackend:
                 cache=out.past_key_values,
             )
 
-    def select_cache(self, cache: Any, rows: np.ndarray) -> Any:
-        """The cache restricted (or repeated) to batch `rows`, e.g. to drop finished rows."""
+    def select_rows(self, cache: Any, rows: np.ndarray) -> Any:
+        """The cache of batch `rows` (drop, reorder or repeat); see base.Backend.select_rows."""
         index = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
         with self.torch.inference_mode():
-            cache.reorder_cache(index)
+            cache.batch_select_indices(index)
         return cache
+
+    def join_rows(self, parts: Sequence[tuple[Any, np.ndarray]], length: int) -> Any:
+        """Caches stacked along the batch, right-aligned to `length` positions; see
+        base.Backend.join_rows."""
+        if not length:
+            return None
+        torch = self.torch
+        _, transformers = import_torch()
+        heads, width = self.info.n_head, self.info.n_embd // self.info.n_head
+        dtype = self.model.dtype
+        layers: list[tuple[Any, Any]] = []
+        with torch.inference_mode():
+            for layer in range(self.info.n_layer):
+                keys, values = [], []
+                for cache, rows in parts:
+                    index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+                    size = cache.get_seq_length() if cache is not None else 0
+                    for kind, out in ((0, keys), (1, values)):
+                        if size:
+                            stored = cache.layers[layer]
+                            tensor = (stored.keys, stored.values)[kind][index][:, :, -length:]
+                        else:
+                            tensor = torch.zeros(
+                                (len(index), heads, 0, width), dtype=dtype, device=self.device
+                            )
+                        if tensor.shape[2] < length:
+                            tensor = torch.nn.functional.pad(
+                                tensor, (0, 0, length - tensor.shape[2], 0)
+                            )
+                        out.append(tensor)
+                layers.append((torch.cat(keys), torch.cat(values)))
+            return transformers.DynamicCache(layers)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray | None:
