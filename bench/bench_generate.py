@@ -185,7 +185,8 @@ class TimedBackend:
 def worker_gpt2cli(model_dir: Path, tokens: int, runs: int, batch: int, sample: bool = False
                    ) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from gpt2cli.decoding import GenerationParams, generate
+    from gpt2cli.decoding import GenerationParams
+from gpt2cli.scheduler import generate
     from gpt2cli.loader import load_backend
 
     backend = TimedBackend(load_backend(str(model_dir)))

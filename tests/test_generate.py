@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gpt2cli.cli import app
-from gpt2cli.decoding import GenerationParams, generate
+from gpt2cli.decoding import GenerationParams
+from gpt2cli.scheduler import generate
 from gpt2cli.errors import CliError
 from gpt2cli.loader import load_backend
 from tests.clirun import assert_one_line_error, run_cli

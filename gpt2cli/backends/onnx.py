@@ -242,7 +242,8 @@ class OnnxBackend:
                 joined[start:end, :, : length - size] = 0
                 if size:
                     stored = cache.values[slot].numpy()
-                    joined[start:end, :, length - size :] = stored[rows, :, stored.shape[2] - size :]
+                    tail = stored[rows, :, stored.shape[2] - size :]
+                    joined[start:end, :, length - size :] = tail
                 start = end
             values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
         return OnnxCache(values, length)
