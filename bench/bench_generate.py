@@ -186,8 +186,8 @@ def worker_gpt2cli(model_dir: Path, tokens: int, runs: int, batch: int, sample: 
                    ) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from gpt2cli.decoding import GenerationParams
-from gpt2cli.scheduler import generate
     from gpt2cli.loader import load_backend
+    from gpt2cli.scheduler import generate
 
     backend = TimedBackend(load_backend(str(model_dir)))
     texts = prompts(batch)

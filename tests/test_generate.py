@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from gpt2cli.cli import app
 from gpt2cli.decoding import GenerationParams
-from gpt2cli.scheduler import generate
 from gpt2cli.errors import CliError
 from gpt2cli.loader import load_backend
+from gpt2cli.scheduler import generate
 from tests.clirun import assert_one_line_error, run_cli
 from tests.models import MEMORISED_PARAGRAPH, MEMORISED_PROMPT_TOKENS
 
