@@ -236,17 +236,21 @@ class OnnxBackend:
             joined = np.empty(shape, dtype=self.cache_dtype)
             start = 0
             for cache, rows in parts:
-                rows = np.asarray(rows, dtype=np.int64)
-                end = start + len(rows)
                 size = min(cache.length, length) if cache is not None else 0
-                joined[start:end, :, : length - size] = 0
+                joined[start : start + len(rows), :, : length - size] = 0
                 if size:
-                    stored = cache.values[slot].numpy()
-                    tail = stored[rows, :, stored.shape[2] - size :]
-                    joined[start:end, :, length - size :] = tail
-                start = end
+                    stored = self._host_view(cache.values[slot])
+                    for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
+                        joined[start + offset, :, length - size :] = stored[row, :, -size:]
+                start += len(rows)
             values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
         return OnnxCache(values, length)
+
+    def _host_view(self, value: Any) -> np.ndarray:
+        """An OrtValue's data as numpy: a view on CPU, a copy from the GPU."""
+        if self.output_device == "cpu":
+            return np.from_dlpack(value)
+        return value.numpy()
 
 
 def dtype_error(dtype: str, model_dtype: str) -> InputError:

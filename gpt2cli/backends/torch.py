@@ -122,29 +122,26 @@ class TorchBackend:
             return None
         torch = self.torch
         _, transformers = import_torch()
-        heads, width = self.info.n_head, self.info.n_embd // self.info.n_head
-        dtype = self.model.dtype
+        batch = sum(len(rows) for _, rows in parts)
+        shape = (batch, self.info.n_head, length, self.info.n_embd // self.info.n_head)
         layers: list[tuple[Any, Any]] = []
         with torch.inference_mode():
             for layer in range(self.info.n_layer):
-                keys, values = [], []
-                for cache, rows in parts:
-                    index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
-                    size = cache.get_seq_length() if cache is not None else 0
-                    for kind, out in ((0, keys), (1, values)):
+                joined = []
+                for kind in range(2):
+                    out = torch.empty(shape, dtype=self.model.dtype, device=self.device)
+                    start = 0
+                    for cache, rows in parts:
+                        size = min(cache.get_seq_length(), length) if cache is not None else 0
+                        out[start : start + len(rows), :, : length - size] = 0
                         if size:
                             stored = cache.layers[layer]
-                            tensor = (stored.keys, stored.values)[kind][index][:, :, -length:]
-                        else:
-                            tensor = torch.zeros(
-                                (len(index), heads, 0, width), dtype=dtype, device=self.device
-                            )
-                        if tensor.shape[2] < length:
-                            tensor = torch.nn.functional.pad(
-                                tensor, (0, 0, length - tensor.shape[2], 0)
-                            )
-                        out.append(tensor)
-                layers.append((torch.cat(keys), torch.cat(values)))
+                            tensor = stored.keys if kind == 0 else stored.values
+                            for offset, row in enumerate(np.asarray(rows).tolist()):
+                                out[start + offset, :, length - size :] = tensor[row, :, -size:]
+                        start += len(rows)
+                    joined.append(out)
+                layers.append((joined[0], joined[1]))
             return transformers.DynamicCache(layers)
 
 
