@@ -125,8 +125,9 @@ def worker_optimum(directory: Path, tokens: int, runs: int, batch: int) -> dict[
 
 def worker_gpt2cli(directory: Path, tokens: int, runs: int, batch: int, sample: bool = False
                    ) -> dict[str, Any]:
-    from gpt2cli.decoding import GenerationParams, generate
+    from gpt2cli.decoding import GenerationParams
     from gpt2cli.loader import load_backend
+    from gpt2cli.scheduler import generate
 
     backend = TimedBackend(load_backend(str(directory)))
     texts = prompts(batch)

@@ -17,7 +17,6 @@ from gpt2cli.model_files import (
     resolve_model_dir,
 )
 from gpt2cli.model_info import ModelInfo, model_info
-from gpt2cli.model_info import check_hidden_layer as check_hidden_layer  # for commands/embed.py
 from gpt2cli.tokenizer import HFTokenizer, Tokenizer, check_threads
 
 if TYPE_CHECKING:

@@ -117,10 +117,10 @@ def test_torch_cached_decoding_equals_full_forward(torch_backend, hf_model) -> N
     np.testing.assert_allclose(stepped, expected[:, ids.shape[1] - 1 :], rtol=0, atol=1e-4)
 
 
-def test_torch_select_cache_drops_rows(torch_backend) -> None:  # noqa: ANN001
+def test_torch_select_rows_drops_rows(torch_backend) -> None:  # noqa: ANN001
     ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
     result = torch_backend.forward(ids, mask, position_ids_from_mask(mask, ids.shape[1]))
-    cache = torch_backend.select_cache(result.cache, np.array([1]))
+    cache = torch_backend.select_rows(result.cache, np.array([1]))
     token = np.array([[262]], dtype=np.int64)
     step_mask = np.concatenate([mask[1:], [[1]]], axis=1)
     kept = torch_backend.forward(token, step_mask, position_ids_from_mask(step_mask, 1), cache)
@@ -188,10 +188,10 @@ def test_onnx_hidden_layer_out_of_range(onnx_backend) -> None:  # noqa: ANN001
         onnx_backend.forward(ids, np.ones_like(ids), np.array([[0, 1]]), hidden_layer=-4)
 
 
-def test_onnx_select_cache_drops_rows(onnx_backend) -> None:  # noqa: ANN001
+def test_onnx_select_rows_drops_rows(onnx_backend) -> None:  # noqa: ANN001
     ids, mask = padded_batch(onnx_backend.tokenizer, PROMPTS)
     result = onnx_backend.forward(ids, mask, position_ids_from_mask(mask, ids.shape[1]))
-    cache = onnx_backend.select_cache(result.cache, np.array([1, 1]))
+    cache = onnx_backend.select_rows(result.cache, np.array([1, 1]))
     token = np.array([[262], [262]], dtype=np.int64)
     step_mask = np.concatenate([mask[[1, 1]], [[1], [1]]], axis=1)
     kept = onnx_backend.forward(token, step_mask, position_ids_from_mask(step_mask, 1), cache)

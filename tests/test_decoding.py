@@ -18,7 +18,6 @@ from gpt2cli.backends.base import ForwardResult, ModelInfo
 from gpt2cli.cli import cli_name
 from gpt2cli.decoding import (
     BatchProcessors,
-    Decoder,
     GeneratedSequence,
     GenerationParams,
     NGramIndex,
@@ -29,6 +28,7 @@ from gpt2cli.decoding import (
     top_k_ids,
 )
 from gpt2cli.errors import InputError, ModelError
+from gpt2cli.scheduler import RowRequest, Scheduler
 
 torch = pytest.importorskip("torch")
 logits_process = pytest.importorskip("transformers.generation.logits_process")
@@ -489,18 +489,22 @@ class BigramBackend:
         self.calls.append(input_ids.shape)
         return ForwardResult(self.table[input_ids[:, -1]].copy(), None, past + input_ids.shape[1])
 
+    def select_rows(self, cache, rows):  # noqa: ANN001, ANN201, ARG002
+        return cache  # the cache is its length
+
+    def join_rows(self, parts, length):  # noqa: ANN001, ANN201, ARG002
+        return length
+
 
 def run_decoder(backend, texts: list[str], p: GenerationParams, batch: int, seed: int = 5):
-    decoder = Decoder(backend, p, seed=seed)
-    out = []
-    for start in range(0, len(texts), batch):
-        prompts = [Prompt(t) for t in texts[start : start + batch]]
-        ids = backend.tokenizer.encode_batch([t.text for t in prompts])
-        seqs = plan_sequences(prompts, ids, p, 1024, first_index=start)
-        for _ in decoder.run(seqs):
-            pass
-        out.extend(seqs)
-    return out
+    """The scheduler with at most `batch` rows in flight."""
+    scheduler = Scheduler(backend, max_rows=batch)
+    prompts = [Prompt(t) for t in texts]
+    seqs = plan_sequences(prompts, backend.tokenizer.encode_batch(texts), p, 1024)
+    for seq in seqs:
+        scheduler.submit(RowRequest(seq, p, seed))
+    scheduler.run_until_done()
+    return seqs
 
 
 TEXTS = ["HELLO", "A", "THE QUICK BROWN FOX", "ZZ", "ONCE UPON"]
@@ -535,7 +539,9 @@ def test_greedy_loop_matches_a_hand_rolled_bigram_walk() -> None:
                 break
         assert seq.token_ids == walk
         assert seq.finish_reason == ("stop" if walk[-1] == 63 else "length")
-    # one prefill, then one call per step until the longest row is done
-    assert backend.calls[0] == (5, 19)
-    assert all(shape == (5, 1) for shape in backend.calls[1:])
-    assert len(backend.calls) == max(len(s.token_ids) for s in seqs)
+    # one prefill of all but the last prompt tokens, then one call per step over the rows
+    # still running (finished rows leave the batch)
+    assert backend.calls[0] == (5, 18)
+    running = [sum(len(s.token_ids) > step for s in seqs) for step in range(len(backend.calls))]
+    assert backend.calls[1:] == [(rows, 1) for rows in running[: len(backend.calls) - 1]]
+    assert len(backend.calls) - 1 == max(len(s.token_ids) for s in seqs)

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpt2cli.decoding import GenerationParams, generate
+from gpt2cli.decoding import GenerationParams
+from gpt2cli.scheduler import generate
 from tests.clirun import assert_one_line_error, run_cli, run_in_process
 from tests.models import MEMORISED_PARAGRAPH, MEMORISED_PROMPT_TOKENS
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -51,6 +52,17 @@ class Backend(Protocol):
         hidden_layer: index into transformers' hidden_states tuple (0 = embeddings,
             n_layer or -1 = last_hidden_state after ln_f); None for no hidden states.
         """
+        ...
+
+    def select_rows(self, cache: Any, rows: np.ndarray) -> Any:
+        """The cache of batch `rows` (int indices: drop, reorder or repeat rows); the
+        argument may be consumed (the torch cache is changed in place)."""
+        ...
+
+    def join_rows(self, parts: Sequence[tuple[Any, np.ndarray]], length: int) -> Any:
+        """One cache of `length` positions holding, in order, rows `rows` of each part's
+        cache (None: rows with nothing cached). Each part is right-aligned: left-padded with
+        zeros, or its oldest positions dropped (the caller's mask must cover them all)."""
         ...
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -244,16 +244,39 @@ class OnnxBackend:
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
 
-    def select_cache(self, cache: OnnxCache, rows: np.ndarray) -> OnnxCache:
-        """The cache restricted (or repeated) to batch `rows`, e.g. to drop finished rows."""
-        rows = np.asarray(rows, dtype=np.int64)
-        values = [
-            self.ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(value.numpy()[rows]), self.output_device
-            )
-            for value in cache.values
-        ]
-        return OnnxCache(values, cache.length)
+    def select_rows(self, cache: OnnxCache, rows: np.ndarray) -> OnnxCache:
+        """The cache of batch `rows` (drop, reorder or repeat); see base.Backend.select_rows."""
+        return self.join_rows([(cache, rows)], cache.length)
+
+    def join_rows(
+        self, parts: Sequence[tuple[OnnxCache | None, np.ndarray]], length: int
+    ) -> OnnxCache | None:
+        """Caches stacked along the batch, right-aligned to `length` positions; see
+        base.Backend.join_rows. One copy of the kept rows (through numpy)."""
+        if not length:
+            return None
+        batch = sum(len(rows) for _, rows in parts)
+        shape = (batch, self.n_head, length, self.head_dim)
+        values = []
+        for slot in range(len(self.past_names)):
+            joined = np.empty(shape, dtype=self.cache_dtype)
+            start = 0
+            for cache, rows in parts:
+                size = min(cache.length, length) if cache is not None else 0
+                joined[start : start + len(rows), :, : length - size] = 0
+                if size:
+                    stored = self._host_view(cache.values[slot])
+                    for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
+                        joined[start + offset, :, length - size :] = stored[row, :, -size:]
+                start += len(rows)
+            values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
+        return OnnxCache(values, length)
+
+    def _host_view(self, value: Any) -> np.ndarray:
+        """An OrtValue's data as numpy: a view on CPU, a copy from the GPU."""
+        if self.output_device == "cpu":
+            return np.from_dlpack(value)
+        return value.numpy()
 
 
 def inconsistent(path: Path, what: str) -> ModelError:

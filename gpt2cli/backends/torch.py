@@ -7,6 +7,7 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,41 @@ class TorchBackend:
                 cache=out.past_key_values,
             )
 
-    def select_cache(self, cache: Any, rows: np.ndarray) -> Any:
-        """The cache restricted (or repeated) to batch `rows`, e.g. to drop finished rows."""
+    def select_rows(self, cache: Any, rows: np.ndarray) -> Any:
+        """The cache of batch `rows` (drop, reorder or repeat); see base.Backend.select_rows."""
         index = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
         with self.torch.inference_mode():
-            cache.reorder_cache(index)
+            cache.batch_select_indices(index)
         return cache
+
+    def join_rows(self, parts: Sequence[tuple[Any, np.ndarray]], length: int) -> Any:
+        """Caches stacked along the batch, right-aligned to `length` positions; see
+        base.Backend.join_rows."""
+        if not length:
+            return None
+        torch = self.torch
+        _, transformers = import_torch()
+        batch = sum(len(rows) for _, rows in parts)
+        shape = (batch, self.info.n_head, length, self.info.n_embd // self.info.n_head)
+        layers: list[tuple[Any, Any]] = []
+        with torch.inference_mode():
+            for layer in range(self.info.n_layer):
+                joined = []
+                for kind in range(2):
+                    out = torch.empty(shape, dtype=self.model.dtype, device=self.device)
+                    start = 0
+                    for cache, rows in parts:
+                        size = min(cache.get_seq_length(), length) if cache is not None else 0
+                        out[start : start + len(rows), :, : length - size] = 0
+                        if size:
+                            stored = cache.layers[layer]
+                            tensor = stored.keys if kind == 0 else stored.values
+                            for offset, row in enumerate(np.asarray(rows).tolist()):
+                                out[start + offset, :, length - size :] = tensor[row, :, -size:]
+                        start += len(rows)
+                    joined.append(out)
+                layers.append((joined[0], joined[1]))
+            return transformers.DynamicCache(layers)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray | None:

@@ -92,10 +92,10 @@ def embed(
     array of shape (texts, dim) for numpy.load (--pooling none: (tokens, dim)
     for one text).
     """
-    from gpt2cli.embedding import EmbedOptions, embed_encoded, encode_texts
+    from gpt2cli.embedding import EmbedOptions
     from gpt2cli.inputs import read_texts, resolve_sources
-    from gpt2cli.loader import check_hidden_layer, load_backend, locate_model
     from gpt2cli.outputs import check_output
+    from gpt2cli.session import ModelOptions, open_model
 
     check_output(output, force)  # before any input is read or any model loads
     to_stdout = output in (None, "-")
@@ -103,14 +103,16 @@ def embed(
         raise InputError("--format npy is binary: give -o PATH or redirect stdout")
     resolve_sources(texts, files)  # fail on missing input before loading the model
     inputs = read_texts(texts, files, lines=lines, replace_invalid=replace_invalid)
-    located = locate_model(model or DEFAULT_MODEL, backend)
+    session = open_model(
+        ModelOptions(model or DEFAULT_MODEL, backend, device, dtype, threads), load=False
+    )
     if layer is not None:
-        check_hidden_layer(located.info, layer)  # before the weights load
-    engine = load_backend(located, backend, device, dtype, threads)
+        session.info.hidden_state_index(layer)  # before the weights load
+    engine = session.load()
     settings = EmbedOptions(layer, pooling.value, normalize, truncate, batch_size)
     sources = [t.source for t in inputs]
     # Tokenize everything first, so a text that is too long fails before any output.
-    encoded = encode_texts(engine, [t.text for t in inputs], sources, truncate)
+    encoded = session.encode_for_embedding([t.text for t in inputs], sources, truncate)
     truncated = sum(1 for e in encoded if len(e.ids) < e.text_tokens)
     if truncated:
         warn(
@@ -130,7 +132,7 @@ def embed(
         writer = _Writer(out, output_format)
         for start in range(0, len(encoded), BLOCK_TEXTS):
             block = encoded[start : start + BLOCK_TEXTS]
-            results = embed_encoded(engine, block, settings, first_index=start)
+            results = session.embed(block, settings, first_index=start)
             writer.write(results, sources[start : start + BLOCK_TEXTS])
             if progress:
                 sys.stderr.write(f"\rgpt2cli: embedded {start + len(block)}/{len(encoded)} texts")

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from functools import partial
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.generation_params import PARAMETERS
 from gpt2cli.outputs import output_stream, to_json
+from gpt2cli.session import ModelOptions
+
+if TYPE_CHECKING:
+    from gpt2cli.decoding import GeneratedSequence, GenerationParams
+    from gpt2cli.inputs import Text
+    from gpt2cli.scheduler import GenerationUpdate
+    from gpt2cli.session import Session
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_BATCH_SIZE = 8
@@ -165,7 +174,6 @@ def generate(
     config (gpt2: sampling with top-k 50 up to 50 tokens in all). With --request, read a JSON
     request like the hosted endpoints' and answer in the same format.
     """
-    from gpt2cli.decoding import GenerationParams
     from gpt2cli.outputs import check_output
 
     check_output(output, force)  # before any input is read or any model loads
@@ -173,18 +181,21 @@ def generate(
         **parameter_values(generation),
         "truncate_left": truncate == Truncate.left,
     }
+    job = _Job(
+        ModelOptions(model or DEFAULT_MODEL, backend, device, dtype, threads),
+        overrides, batch_size, replace_invalid, output, force, return_full_text,
+    )
     if request is not None:
         if texts or files or lines:
             raise InputError("--request takes no TEXT arguments, --file or --lines")
         if output_format is not None or separator is not None or stream:
             raise InputError("--request answers in the request's own JSON format: drop --format, "
                              "--separator and --stream")
-        _answer_request(request, overrides, return_full_text, model, backend, device, dtype,
-                        threads, batch_size, replace_invalid, output, force)
+        _answer_request(request, job)
         return
 
     from gpt2cli.inputs import iter_texts, resolve_sources
-    from gpt2cli.loader import load_backend, locate_model
+    from gpt2cli.session import open_model
 
     fmt = output_format or OutputFormat.text
     if fmt != OutputFormat.text and separator is not None:
@@ -194,12 +205,9 @@ def generate(
     if stream and output not in (None, "-"):
         raise InputError("--stream writes to stdout, not to -o")
     sources = resolve_sources(texts, files)  # fail on missing input before loading the model
-    located = locate_model(model or DEFAULT_MODEL, backend)
-    params = GenerationParams.resolve(  # bad parameters fail before the weights load
-        located.info.generation_defaults, overrides, eos_token_id=located.info.eos_token_id,
-        model_source=str(located.directory / "generation_config.json"),
-    )
-    engine = load_backend(located, backend, device, dtype, threads)
+    session = open_model(job.model, load=False)
+    params = session.generation_params(overrides)  # bad parameters fail before the weights load
+    session.load()
     if separator is None:
         single = len(sources) == 1 and not lines and params.num_return_sequences == 1
         separator = "\n" if single else "\n---\n"
@@ -213,42 +221,54 @@ def generate(
             writer = TextWriter(out, separator, full_text, params.stop, live)
         else:
             writer = JsonWriter(out, full_text, lines=fmt == OutputFormat.jsonl)
-        for sequences, steps in _run(engine, params, prompts, batch_size):
-            writer.start(sequences)
-            for _ in steps:
-                if writer.live:
-                    writer.update()
-            writer.update()
+        for update in _updates(session, params, prompts, batch_size):
+            writer.add(update.planned)
+            if writer.live:
+                writer.update()
+        writer.update()
         writer.close()
 
 
-def _run(engine, params, prompts, batch_size: int, name=None) -> Iterator[tuple[list, Iterator[None]]]:  # noqa: ANN001, E501
-    """For each batch of at most `batch_size` rows (prompts x return sequences): its sequences
-    and the decode steps that fill them in. Prompts are read and encoded as batches need them."""
-    from gpt2cli.decoding import Decoder, Prompt, plan_rows
+@dataclass(frozen=True)
+class _Job:
+    """What a generate run was asked for, beyond its inputs and output format."""
+
+    model: ModelOptions
+    overrides: dict[str, Any]
+    batch_size: int
+    replace_invalid: bool
+    output: str | None
+    force: bool
+    return_full_text: bool | None
+
+
+def _updates(session: Session, params: GenerationParams, texts: Iterable[Text], batch_size: int,
+             name: Callable[[str], str] | None = None) -> Iterator[GenerationUpdate]:
+    """The session's step updates for `texts`, warning once per prompt cut to fit."""
+    from gpt2cli.decoding import Prompt
     from gpt2cli.options import cli_name
     from gpt2cli.outputs import warn
 
-    decoder = Decoder(engine, params)
-    items = (Prompt(t.text, t.source) for t in prompts)
-    context = engine.info.n_positions
-    for sequences in plan_rows(engine.tokenizer, items, params, context, batch_size,
-                               name or cli_name):
-        for seq in sequences:
+    prompts = (Prompt(t.text, t.source) for t in texts)
+    for update in session.generate(prompts, params, batch_size=batch_size,
+                                   name=name or cli_name):
+        for seq in update.planned:
             if seq.truncated_tokens and seq.sequence_index == 0:
                 warn(f"{seq.prompt.source}: dropped the first {seq.truncated_tokens} prompt tokens "
                      "to fit the context (--truncate left)")
-        yield sequences, decoder.run(sequences)
+        yield update
 
 
 class SequenceWriter:
     """Writes finished (or, when streaming, growing) sequences in input order."""
 
-    live = False  # update after every decode step, not only at the end of a batch
+    live = False  # update after every decode step, not only at the end
 
-    def start(self, sequences: list) -> None:
-        self.sequences = sequences
-        self.cursor = 0
+    def __init__(self) -> None:
+        self.pending: deque[GeneratedSequence] = deque()  # planned, not yet written, in order
+
+    def add(self, sequences: Iterable[GeneratedSequence]) -> None:
+        self.pending.extend(sequences)
 
     def update(self) -> None:
         raise NotImplementedError
@@ -262,6 +282,7 @@ class TextWriter(SequenceWriter):
 
     def __init__(self, out: IO[str], separator: str, full_text: bool, stops: Sequence[str],
                  live: bool) -> None:
+        super().__init__()
         self.out = out
         self.separator = separator
         self.full_text = full_text
@@ -271,8 +292,8 @@ class TextWriter(SequenceWriter):
 
     def update(self) -> None:
         wrote = False
-        while self.cursor < len(self.sequences):
-            seq = self.sequences[self.cursor]
+        while self.pending:
+            seq = self.pending[0]
             if not self.opened:
                 self.opened = True
                 if self.full_text:
@@ -286,7 +307,7 @@ class TextWriter(SequenceWriter):
                 break
             self.out.write(self.separator)
             wrote = True
-            self.cursor += 1
+            self.pending.popleft()
             self.opened = False
         if wrote and self.live:
             self.out.flush()
@@ -296,15 +317,15 @@ class JsonWriter(SequenceWriter):
     """One object per sequence: a JSON array at the end, or JSON lines as sequences finish."""
 
     def __init__(self, out: IO[str], full_text: bool, lines: bool) -> None:
+        super().__init__()
         self.out = out
         self.full_text = full_text
         self.lines = self.live = lines
         self.records: list[dict] = []
 
     def update(self) -> None:
-        while self.cursor < len(self.sequences) and self.sequences[self.cursor].finished:
-            record = sequence_record(self.sequences[self.cursor], self.full_text)
-            self.cursor += 1
+        while self.pending and self.pending[0].finished:
+            record = sequence_record(self.pending.popleft(), self.full_text)
             if self.lines:
                 self.out.write(to_json(record) + "\n")
                 self.out.flush()
@@ -316,7 +337,7 @@ class JsonWriter(SequenceWriter):
             self.out.write(to_json(self.records, indent=2) + "\n")
 
 
-def sequence_record(seq, full_text: bool) -> dict[str, Any]:  # noqa: ANN001
+def sequence_record(seq: GeneratedSequence, full_text: bool) -> dict[str, Any]:
     """The JSON object for one generated sequence."""
     return {
         "index": seq.prompt_index,
@@ -333,37 +354,33 @@ def sequence_record(seq, full_text: bool) -> dict[str, Any]:  # noqa: ANN001
     }
 
 
-def _answer_request(request_path: str, overrides: dict[str, Any], return_full_text: bool | None,
-                    model, backend, device, dtype, threads, batch_size: int,  # noqa: ANN001
-                    replace_invalid: bool, output: str | None, force: bool) -> None:
-    from gpt2cli.decoding import GenerationParams
+def _answer_request(request_path: str, job: _Job) -> None:
+    """Answer a --request file in its own format (A or B)."""
     from gpt2cli.inputs import Text, read_texts
-    from gpt2cli.loader import load_backend, locate_model
     from gpt2cli.options import cli_name
     from gpt2cli.request_formats import parse_request
+    from gpt2cli.session import open_model
 
-    (body,) = read_texts(None, [request_path], replace_invalid=replace_invalid)
-    request = parse_request(body.text, body.source, replace_invalid)
-    located = locate_model(model or DEFAULT_MODEL, backend)
-    merged = {**overrides, **request.parameters}
+    (body,) = read_texts(None, [request_path], replace_invalid=job.replace_invalid)
+    request = parse_request(body.text, body.source, job.replace_invalid)
+    session = open_model(job.model, load=False)
 
     def name(key: str) -> str:
         return request.field(key) if key in request.parameters else cli_name(key)
 
-    params = GenerationParams.resolve(
-        located.info.generation_defaults, merged, eos_token_id=located.info.eos_token_id,
-        name=name, model_source=str(located.directory / "generation_config.json"),
+    params = session.generation_params({**job.overrides, **request.parameters}, name)
+    session.load()
+    full_text = next(
+        v for v in (request.return_full_text, job.return_full_text, True) if v is not None
     )
-    engine = load_backend(located, backend, device, dtype, threads)
-    full_text = next(v for v in (request.return_full_text, return_full_text, True) if v is not None)
     prompts = [Text(text, request.prompt_source(i)) for i, text in enumerate(request.prompts)]
+    planned: list[GeneratedSequence] = []
+    for update in _updates(session, params, prompts, job.batch_size, name):
+        planned.extend(update.planned)
     texts: list[list[str]] = [[] for _ in prompts]
-    for sequences, steps in _run(engine, params, prompts, batch_size, name):
-        for _ in steps:
-            pass
-        for seq in sequences:
-            texts[seq.prompt_index].append((seq.prompt.text + seq.text) if full_text else seq.text)
-    with output_stream(output, force) as out:
+    for seq in planned:
+        texts[seq.prompt_index].append((seq.prompt.text + seq.text) if full_text else seq.text)
+    with output_stream(job.output, job.force) as out:
         out.write(to_json(request.answer(texts)) + "\n")
 
 

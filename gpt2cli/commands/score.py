@@ -108,8 +108,8 @@ def score(
     """
     from gpt2cli import scoring
     from gpt2cli.inputs import iter_texts, resolve_sources
-    from gpt2cli.loader import load_backend, locate_model
     from gpt2cli.outputs import check_output
+    from gpt2cli.session import ModelOptions, open_model
 
     check_output(output, force)  # before any input is read, any model loads or any scoring
     modes = [name for name, on in (("--per-token", per_token), ("--show", show)) if on]
@@ -139,8 +139,10 @@ def score(
     first = next(blocks)
     second = next(blocks, None)
     single = len(first) == 1 and second is None
-    located = locate_model(model or DEFAULT_MODEL, backend)
-    window = ctx if ctx is not None else located.info.n_positions
+    session = open_model(
+        ModelOptions(model or DEFAULT_MODEL, backend, device, dtype, threads), load=False
+    )
+    window = ctx if ctx is not None else session.info.n_positions
     settings = scoring.ScoreOptions(
         ctx=window,
         stride=stride if stride is not None else max(1, window // 2),
@@ -149,8 +151,8 @@ def score(
         greedy=conditional,
         batch_size=batch_size,
     )
-    scoring.check_window(settings.ctx, settings.stride, located.info.n_positions)  # before loading
-    engine = load_backend(located, backend, device, dtype, threads)
+    scoring.check_window(settings.ctx, settings.stride, session.info.n_positions)  # before loading
+    engine = session.load()
     if not conditional and settings.stride == settings.ctx:
         log(
             f"note: stride = ctx ({settings.ctx}): windows are disjoint, and the first token "
@@ -173,12 +175,10 @@ def score(
             sources = [entry.source for entry in block]
             if conditional:
                 pairs_ = [(entry.context or "", entry.text) for entry in block]
-                results = scoring.score_pairs(
-                    engine, pairs_, settings, progress, writer.count, sources
-                )
+                results = session.score_pairs(pairs_, settings, progress, writer.count, sources)
             else:
                 texts_ = [entry.text for entry in block]
-                results = scoring.score_texts(engine, texts_, settings, progress, writer.count)
+                results = session.score(texts_, settings, progress, writer.count)
             if progress is not None:
                 progress.next_block()
             writer.write(results, sources)

@@ -1,0 +1,279 @@
+"""The continuous-batching scheduler: rows that join and leave between steps decode exactly as
+they do alone, on both backends; seeded sampling as before the scheduler; cancellation of one
+row; rows submitted from other threads; the row and token budgets."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpt2cli.decoding import GeneratedSequence, GenerationParams, Prompt, plan_sequences
+from gpt2cli.loader import load_backend
+from gpt2cli.scheduler import FINISH_CANCELLED, RowRequest, Scheduler, generate
+from tests.models import MEMORISED_PARAGRAPH
+
+PROMPTS = [
+    "Hello, I'm a language model,",
+    "The",
+    "Once upon a time, far far away, there lived a",
+    "Long time ago",
+]
+# Sampled with the fixed-batch loop that the scheduler replaced (gpt2cli before issue 11) on
+# tiny_model_dir, PROMPTS, batch size 3: the same seed must give the same tokens.
+RECORDED = {
+    "topk": (
+        {"do_sample": True, "top_k": 20, "max_new_tokens": 12, "num_return_sequences": 2,
+         "seed": 1234},
+        [[47848, 21177, 44737, 13919, 13547, 4732, 9375, 14103, 41921, 16129, 18876, 32446],
+         [22238, 46436, 31625, 13813, 40544, 44518, 33242, 14103, 47489, 47489, 2546, 47214],
+         [10328, 12580, 4752, 32141, 36314, 37153, 28292, 5205, 23930, 2340, 13547, 13547],
+         [10328, 44560, 34197, 13145, 2693, 20790, 24695, 24695, 3951, 30538, 23111, 2340],
+         [28312, 28312, 47947, 40454, 16865, 3065, 1999, 47086, 1999, 47863, 13974, 31554],
+         [17615, 28435, 13317, 4644, 49319, 15579, 292, 12377, 21146, 46715, 22093, 43950],
+         [33937, 34365, 11483, 31149, 31149, 3356, 45064, 45064, 20569, 20569, 20942, 20942],
+         [23451, 10844, 25018, 17259, 9113, 9113, 7119, 8668, 21010, 26394, 27452, 48549]],
+    ),
+    "top_p, penalties, min_new_tokens": (
+        {"do_sample": True, "top_p": 0.9, "temperature": 0.8, "repetition_penalty": 1.3,
+         "no_repeat_ngram_size": 2, "max_new_tokens": 10, "seed": 7, "min_new_tokens": 3},
+        [[32383, 47517, 42225, 10302, 9474, 43364, 23, 44328, 42809, 19808],
+         [38315, 6855, 8328, 8328, 24641, 25927, 49312, 12188, 16869, 22055],
+         [12864, 19988, 43621, 37407, 12532, 17405, 5583, 22194, 5129, 43033],
+         [48743, 46745, 11096, 34278, 24146, 37933, 48394, 27492, 45835, 47430]],
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def tiny(request, tiny_model_dir: Path, tiny_onnx_dir: Path):  # noqa: ANN001, ANN201
+    directory = tiny_model_dir if request.param == "torch" else tiny_onnx_dir
+    return load_backend(str(directory), backend=request.param)
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def memorised(request, memorised_model_dir: Path, memorised_onnx_dir: Path):  # noqa: ANN001, ANN201
+    directory = memorised_model_dir if request.param == "torch" else memorised_onnx_dir
+    return load_backend(str(directory), backend=request.param)
+
+
+def params_for(backend, **values: Any) -> GenerationParams:  # noqa: ANN001
+    return GenerationParams.resolve(backend.info.generation_defaults, values)
+
+
+def planned(backend, rows: list[tuple[list[int], GenerationParams]], first: int = 0) -> list:  # noqa: ANN001
+    """One sequence per (prompt ids, params) row, numbered in order from `first`."""
+    out: list[GeneratedSequence] = []
+    for index, (ids, params) in enumerate(rows, first):
+        prompt = Prompt(f"row {index}", f"row {index}")
+        out += plan_sequences([prompt], [ids], params, backend.info.n_positions, index)
+    return out
+
+
+def run(backend, rows, max_rows: int, seed: int = 0, first: int = 0, **budget: Any) -> list:  # noqa: ANN001
+    scheduler = Scheduler(backend, max_rows=max_rows, **budget)
+    sequences = planned(backend, rows, first)
+    for seq, (_, params) in zip(sequences, rows, strict=True):
+        scheduler.submit(RowRequest(seq, params, seed))
+    scheduler.run_until_done()
+    return sequences
+
+
+def alone(backend, rows, seed: int = 0) -> list[list[int]]:  # noqa: ANN001
+    """Each row on its own (numbered as in the batch: its random stream is the same)."""
+    return [run(backend, [row], 1, seed, index)[0].token_ids for index, row in enumerate(rows)]
+
+
+def mixed_rows(backend, texts: list[str], budgets: list[int], **values: Any) -> list:  # noqa: ANN001
+    ids = backend.tokenizer.encode_batch(texts)
+    return [
+        (i, params_for(backend, max_new_tokens=b, **values))
+        for i, b in zip(ids, budgets, strict=True)
+    ]
+
+
+# --- greedy: continuous batching equals batch 1 ----------------------------------------------
+
+
+def test_memorised_rows_joining_at_different_steps_decode_as_alone(memorised) -> None:  # noqa: ANN001
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    # prompts of 1 to 30 tokens with budgets of 3 to 40: rows retire and new ones join all along
+    cuts = [4, 1, 30, 9, 2, 17, 12, 6, 25]
+    budgets = [40, 7, 3, 25, 12, 5, 33, 18, 9]
+    rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=budget))
+            for cut, budget in zip(cuts, budgets, strict=True)]
+    expected = alone(memorised, rows)
+    for cut, tokens in zip(cuts, expected, strict=True):  # the model does recite its paragraph
+        assert tokens[:3] == (ids + [50256])[cut : cut + 3] or cut < 4
+    for max_rows in (2, 3, 8):
+        assert [s.token_ids for s in run(memorised, rows, max_rows)] == expected
+
+
+def test_tiny_greedy_mixed_lengths_and_budgets_as_alone(tiny) -> None:  # noqa: ANN001
+    texts = PROMPTS * 2 + ["A", "x " * 120]
+    budgets = [20, 3, 11, 30, 1, 17, 8, 2, 25, 6]
+    rows = mixed_rows(tiny, texts, budgets, do_sample=False)
+    expected = alone(tiny, rows)
+    assert [len(t) for t in expected] == budgets  # the tiny model never ends early
+    for max_rows in (2, 4):
+        assert [s.token_ids for s in run(tiny, rows, max_rows)] == expected
+
+
+def test_stop_strings_and_processors_per_row(memorised) -> None:  # noqa: ANN001
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    rows = [
+        (ids[:4], params_for(memorised, do_sample=False, max_new_tokens=40, stop=(".",))),
+        (ids[:2], params_for(memorised, do_sample=False, max_new_tokens=30,
+                             repetition_penalty=1.5, no_repeat_ngram_size=3)),
+        (ids[:20], params_for(memorised, do_sample=False, max_new_tokens=30, stop=(" ships",))),
+        (ids[:7], params_for(memorised, do_sample=False, max_new_tokens=9, min_new_tokens=9)),
+    ]
+    expected = run(memorised, rows[:1], 1) + run(memorised, rows[1:2], 1)
+    expected += run(memorised, rows[2:3], 1) + run(memorised, rows[3:], 1)
+    got = run(memorised, rows, 2)
+    assert [s.token_ids for s in got] == [s.token_ids for s in expected]
+    assert [s.text for s in got] == [s.text for s in expected]
+    assert got[0].finish_reason == "stop" and got[0].stop_string == "."
+    assert got[0].text == " the spiral stairs every evening at dusk"
+    assert got[2].stop_string == " ships" and got[2].text.endswith(" watched the")
+
+
+def test_equals_the_fixed_batch_loop_it_replaced(memorised) -> None:  # noqa: ANN001
+    from bench.fixed_batch import generate_fixed
+
+    texts = [MEMORISED_PARAGRAPH[:n] for n in (20, 3, 60, 41, 9)]
+    p = params_for(memorised, do_sample=False, max_new_tokens=24)
+    old = [s.token_ids for s in generate_fixed(memorised, texts, p, batch_size=2)]
+    assert [s.token_ids for s in generate(memorised, texts, p, batch_size=3)] == old
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(RECORDED))
+def test_seeded_sampling_as_before_the_scheduler(tiny, case: str) -> None:  # noqa: ANN001
+    values, expected = RECORDED[case]
+    p = params_for(tiny, **values)
+    for batch_size in (1, 3, 8):
+        assert [s.token_ids for s in generate(tiny, PROMPTS, p, batch_size)] == expected
+
+
+def test_sampling_with_mixed_budgets_does_not_depend_on_neighbours(tiny) -> None:  # noqa: ANN001
+    rows = mixed_rows(tiny, PROMPTS + ["Z"], [9, 2, 14, 5, 7], do_sample=True, top_k=40)
+    expected = alone(tiny, rows, seed=99)
+    assert [s.token_ids for s in run(tiny, rows, 2, seed=99)] == expected
+    assert [s.token_ids for s in run(tiny, rows, 2, seed=98)] != expected
+
+
+# --- cancellation, threads, budgets ----------------------------------------------------------
+
+
+def test_cancelling_one_row_leaves_the_others_unchanged(memorised) -> None:  # noqa: ANN001
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=20))
+            for cut in (3, 8, 5, 12)]
+    expected = alone(memorised, rows)
+    scheduler = Scheduler(memorised, max_rows=3)
+    sequences = planned(memorised, rows)
+    handles = [
+        scheduler.submit(RowRequest(s, p)) for s, (_, p) in zip(sequences, rows, strict=True)
+    ]
+    for _ in range(5):
+        scheduler.step()
+    handles[1].cancel()  # running
+    handles[3].cancel()  # still waiting
+    scheduler.run_until_done()
+    assert all(h.finished for h in handles)
+    assert [s.finish_reason for s in sequences] == ["length", FINISH_CANCELLED, "length",
+                                                   FINISH_CANCELLED]
+    assert sequences[1].token_ids == expected[1][:5]
+    assert sequences[3].token_ids == []
+    assert [sequences[0].token_ids, sequences[2].token_ids] == [expected[0], expected[2]]
+
+
+def test_rows_submitted_from_other_threads(memorised) -> None:  # noqa: ANN001
+    """One thread owns the scheduler (serve); others submit, stream events and cancel."""
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=15, stop=("keeper",)))
+            for cut in (1, 4, 9, 14, 20, 6)]
+    expected = run(memorised, rows, 1)
+    scheduler = Scheduler(memorised, max_rows=3)
+    stop = threading.Event()
+    owner = threading.Thread(target=scheduler.serve, args=(stop,), daemon=True)
+    owner.start()
+    results: dict[int, tuple[list[int], str, str | None]] = {}
+
+    def client(index: int) -> None:
+        (seq,) = planned(memorised, [rows[index]])
+        handle = scheduler.submit(RowRequest(seq, rows[index][1], events=True))
+        tokens, text, reason = [], "", None
+        for event in handle.events(timeout=60):
+            tokens.append(event.token)
+            text += event.text
+            reason = event.finish_reason
+        assert handle.wait(0) and handle.sequence is seq
+        results[index] = (tokens, text, reason)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(len(rows))]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(60)
+    stop.set()
+    owner.join(10)
+    assert not owner.is_alive()
+    for index, seq in enumerate(expected):
+        assert results[index] == (seq.token_ids, seq.text, seq.finish_reason)
+
+
+def test_a_row_cancelled_from_another_thread_while_streaming(memorised) -> None:  # noqa: ANN001
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    p = params_for(memorised, do_sample=False, max_new_tokens=40)
+    scheduler = Scheduler(memorised, max_rows=2)
+    stop = threading.Event()
+    owner = threading.Thread(target=scheduler.serve, args=(stop,), daemon=True)
+    owner.start()
+    (keep, cut) = planned(memorised, [(ids[:3], p), (ids[:5], p)])
+    kept = scheduler.submit(RowRequest(keep, p))
+    handle = scheduler.submit(RowRequest(cut, p, events=True))
+    events = []
+    for event in handle.events(timeout=60):
+        events.append(event)
+        if len(events) == 3:
+            handle.cancel()
+    assert kept.wait(60)
+    stop.set()
+    owner.join(10)
+    assert events[-1].finish_reason == FINISH_CANCELLED and events[-1].token is None
+    assert 3 <= len(cut.token_ids) < 40
+    assert keep.token_ids == alone(memorised, [(ids[:3], p)])[0]
+
+
+def test_budgets_bound_rows_and_tokens_in_flight(tiny) -> None:  # noqa: ANN001
+    rows = mixed_rows(tiny, PROMPTS * 3, [5, 9, 3, 7] * 3, do_sample=False)
+    expected = alone(tiny, rows)
+    widths: list[int] = []
+    forward = tiny.forward
+
+    def counting(input_ids: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        if input_ids.shape[1] == 1:
+            widths.append(input_ids.shape[0])
+        return forward(input_ids, *args, **kwargs)
+
+    tiny.forward = counting
+    try:
+        assert [s.token_ids for s in run(tiny, rows, 4)] == expected
+        assert max(widths) == 4
+        # a finished row's slot is refilled at once: steps = the busiest slot's tokens, not the
+        # sum over fixed batches of their longest rows
+        assert len(widths) < sum(max(b for b in [5, 9, 3, 7]) for _ in range(3))
+        widths.clear()
+        need = [len(ids) + p.max_new_tokens for ids, p in rows]
+        limit = max(need) * 2
+        assert [s.token_ids for s in run(tiny, rows, 8, max_tokens=limit)] == expected
+        assert max(widths) <= 2 < 8
+    finally:
+        del tiny.forward
