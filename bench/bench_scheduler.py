@@ -3,7 +3,7 @@
 Run:  .venv/bin/python bench/bench_scheduler.py [--runs 1] [--batch-size 8] [--prompts 64]
 
 The gpt2 124M shape with random weights, exported with `gpt2cli export-onnx --quantize int8`
-(the same directories as bench_generate.py: bench/out/backends/, built when missing). The
+(bench/common.py's models, built when missing). The
 workload: 64 prompts of 5 to 300 tokens with budgets of 16 to 256 new tokens, greedy, and a stop
 string that ends some rows early (picked from a short probe run, since random weights give no
 natural text). Both loops decode exactly the same planned sequences at --batch-size rows; the
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -28,27 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODELS = ROOT / "bench" / "out" / "backends"  # shared with bench_generate.py
-TORCH_DIR = MODELS / "gpt2-124m-random"
-INT8_DIR = MODELS / "onnx-int8"
-GPT2_SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_positions": 1024}
+from common import ensure_models, model_dir  # noqa: E402  (bench/ is on sys.path when run)
 
-
-def ensure_models() -> None:
-    """The random gpt2-shape model and its int8 export, unless already there."""
-    if not (TORCH_DIR / "model.safetensors").is_file():
-        from tests.models import build_random_model
-
-        print("building the random gpt2 124M-shape model", file=sys.stderr)
-        building = TORCH_DIR.with_name(TORCH_DIR.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        build_random_model(building, seed=0, **GPT2_SHAPE)
-        building.rename(TORCH_DIR)
-    if not (INT8_DIR / "model.onnx").is_file():
-        print("exporting onnx-int8", file=sys.stderr)
-        gpt2cli = Path(sys.executable).with_name("gpt2cli")
-        subprocess.run([str(gpt2cli), "--quiet", "export-onnx", str(TORCH_DIR), str(INT8_DIR),
-                        "--no-validate", "--quantize", "int8"], check=True)
+INT8_DIR = model_dir("onnx-int8")
 
 
 class TimedBackend:
@@ -163,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.model == INT8_DIR:
-        ensure_models()
+        ensure_models(["torch", "onnx-int8"])
     from gpt2cli.decoding import GenerationParams
     from gpt2cli.loader import load_backend
 
