@@ -26,29 +26,23 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import ensure_models, model_dir  # noqa: E402  (bench/ is on sys.path when run)
+import common  # noqa: E402  (bench/ is on sys.path when run)
+from common import ensure_models, model_dir  # noqa: E402
 
 INT8_DIR = model_dir("onnx-int8")
 
 
-class TimedBackend:
-    """A backend that adds up the time spent in forward() and in join_rows()."""
+class TimedBackend(common.TimedBackend):
+    """common.TimedBackend that also counts decode steps and the time spent joining caches."""
 
     def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.forward_time = self.join_time = 0.0
+        super().__init__(backend)
+        self.join_time = 0.0
         self.steps = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
-
     def forward(self, input_ids: Any, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.backend.forward(input_ids, *args, **kwargs)
-        finally:
-            self.forward_time += time.perf_counter() - start
-            self.steps += input_ids.shape[1] == 1
+        self.steps += input_ids.shape[1] == 1
+        return super().forward(input_ids, *args, **kwargs)
 
     def join_rows(self, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
