@@ -98,10 +98,13 @@ def export_model(
     if not model.strip():
         raise InputError("MODEL: the model name is empty; give a Hub model id or a directory")
     if options.quantize not in (None, *QUANTIZATIONS):
-        raise InputError(f"--quantize: expected int8 or int4, got {options.quantize!r}")
+        raise InputError(
+            param="quantize", reason=f"expected int8 or int4, got {options.quantize!r}"
+        )
     if options.block_size not in BLOCK_SIZES:
         raise InputError(
-            f"--block-size: expected one of {', '.join(map(str, BLOCK_SIZES))}, "
+            param="block_size",
+            reason=f"expected one of {', '.join(map(str, BLOCK_SIZES))}, "
             f"got {options.block_size}"
         )
     outdir = Path(outdir).expanduser()

@@ -12,11 +12,11 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gpt2cli.errors import InputError, ModelError
+from gpt2cli.generation_params import PARAMETERS, Parameter
 
 TOKENIZER_FILES = [
     "tokenizer.json",
@@ -220,20 +220,8 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
         check_token_ids(f"{path}: {key}", config.get(key), sizes["vocab_size"])
 
 
-# The generation settings a model's files may set, as gpt2cli uses them: (type, check, rule).
-GENERATION_RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
-    "max_new_tokens": (int, lambda v: v >= 1, "must be >= 1"),
-    "max_length": (int, lambda v: v >= 1, "must be >= 1"),
-    "min_length": (int, lambda v: v >= 0, "must be >= 0"),
-    "min_new_tokens": (int, lambda v: v >= 0, "must be >= 0"),
-    "num_return_sequences": (int, lambda v: v >= 1, "must be >= 1"),
-    "do_sample": (bool, lambda v: True, ""),
-    "temperature": (float, lambda v: 0 < v < math.inf, "must be a positive number"),
-    "top_k": (int, lambda v: v >= 0, "must be >= 0"),
-    "top_p": (float, lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "repetition_penalty": (float, lambda v: 0 < v < math.inf, "must be a positive number"),
-    "no_repeat_ngram_size": (int, lambda v: v >= 0, "must be >= 0"),
-}
+# The generation settings a model's files may set, as gpt2cli uses them: the parameter table's.
+GENERATION_RULES: dict[str, Parameter] = {p.name: p for p in PARAMETERS if p.model_setting}
 TOKEN_ID_SETTINGS = ("eos_token_id", "bos_token_id", "pad_token_id")
 MAX_SETTING = 2**31 - 1  # integer settings above this are typos (or attacks), not lengths
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false"}
@@ -257,7 +245,8 @@ def check_generation_settings(where: str, settings: Any, vocab_size: int) -> dic
         if key in TOKEN_ID_SETTINGS:
             check_token_ids(f"{where}: {key}", value, vocab_size)
         elif key in GENERATION_RULES:
-            kind, ok, rule = GENERATION_RULES[key]
+            parameter = GENERATION_RULES[key]
+            kind = parameter.type
             if kind is int and isinstance(value, float) and value.is_integer():
                 value = int(value)
             if kind is float and _is_int(value):
@@ -271,9 +260,14 @@ def check_generation_settings(where: str, settings: Any, vocab_size: int) -> dic
                     f"{MODEL_FAULT}"
                 )
             if kind is int and value > MAX_SETTING:
-                ok, rule = (lambda v: False), f"must be at most {MAX_SETTING}"
-            if not ok(value):
-                raise ModelError(f"{where}: {key}: {rule}, got {shown(raw)} {MODEL_FAULT}")
+                problem: str | None = f"must be at most {MAX_SETTING}, got {shown(raw)}"
+            elif kind is float and not math.isfinite(value):
+                problem = f"must be a finite number, got {shown(raw)}"
+            else:
+                broken = next((rule for rule in parameter.rules if not rule.ok(value)), None)
+                problem = None if broken is None else f"{broken.reason}, got {shown(raw)}"
+            if problem is not None:
+                raise ModelError(f"{where}: {key}: {problem} {MODEL_FAULT}")
         checked[key] = value
     return checked
 

@@ -374,7 +374,7 @@ CASES: list[Case] = [
         "models: generation_config temperature -1 (not blamed on --temperature)",
         GENERATE + ("--do-sample", "Hello"),
         1,
-        f"generation_config.json: temperature: must be a positive number, got -1 {FAULT}",
+        f"generation_config.json: temperature: must be a strictly positive number, got -1 {FAULT}",
         model="tiny_onnx_dir",
         prepare=generation(temperature=-1),
     ),
@@ -398,8 +398,8 @@ CASES: list[Case] = [
         "models: task_specific_params temperature -1",
         GENERATE + ("Hello",),
         1,
-        "config.json: task_specific_params.text-generation: temperature: must be a positive "
-        "number, got -1",
+        "config.json: task_specific_params.text-generation: temperature: must be a strictly "
+        "positive number, got -1",
         model="tiny_model_dir",
         prepare=task_params(temperature=-1),
     ),

@@ -2,8 +2,9 @@
 TYPE_CHECKING imports included) has no cycle, and each module imports only its own layer or
 lower ones (see ARCHITECTURE.md):
 
-    errors -> model_files -> model_info -> tokenizer -> backends (base, onnx_format; torch,
-    onnx; registry) -> loader -> engines (session, decoding, scoring, ...) -> front ends
+    errors -> generation_params -> model_files -> model_info -> tokenizer -> backends (base,
+    onnx_format; torch, onnx; registry) -> loader -> engines (session, decoding, scoring, ...)
+    -> front ends
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PACKAGE = ROOT / "gpt2cli"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("gpt2cli", "gpt2cli.errors")),
     ("support", ("gpt2cli.inputs", "gpt2cli.outputs")),
+    ("parameter table", ("gpt2cli.generation_params",)),
     ("model files", ("gpt2cli.model_files",)),
     ("model info", ("gpt2cli.model_info",)),
     ("tokenizer", ("gpt2cli.tokenizer",)),
@@ -232,8 +234,9 @@ def test_main_layers(prefix: str, forbidden: tuple[str, ...]) -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_model_files_import_only_errors() -> None:
-    assert import_graph()["gpt2cli.model_files"] <= {"gpt2cli.errors"}
+def test_model_files_import_only_errors_and_the_parameter_table() -> None:
+    assert import_graph()["gpt2cli.model_files"] <= {"gpt2cli.errors", "gpt2cli.generation_params"}
+    assert import_graph()["gpt2cli.generation_params"] <= {"gpt2cli.errors"}
 
 
 def test_the_registry_and_model_files_load_light() -> None:

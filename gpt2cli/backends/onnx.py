@@ -132,8 +132,8 @@ class OnnxBackend:
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise CliError(
-                    "--device cuda: this onnxruntime has no CUDA support "
-                    "(install onnxruntime-gpu), or use --device cpu"
+                    param="device", reason="cuda: this onnxruntime has no CUDA support",
+                    hint="install onnxruntime-gpu, or use {device} cpu",
                 )
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:

@@ -58,11 +58,17 @@ class TorchBackend:
             torch.set_num_threads(threads)
         if device == "cuda" and not torch.cuda.is_available():
             why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no GPU found"
-            raise CliError(f"--device cuda: CUDA is not available ({why}); use --device cpu")
+            raise CliError(
+                param="device", reason=f"cuda: CUDA is not available ({why})",
+                hint="use {device} cpu",
+            )
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         if dtype == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-            raise CliError("--dtype bfloat16: this GPU does not support bfloat16; use float16")
+            raise CliError(
+                param="dtype", reason="bfloat16: this GPU does not support it",
+                hint="use {dtype} float16",
+            )
         self.model = load_model(info, self.dtype, self.device)
 
     def forward(
