@@ -300,11 +300,15 @@ def test_external_data_export_loads_back(
 
 def test_bad_options_are_input_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
     from gpt2cli.errors import InputError
+    from gpt2cli.options import cli_name
 
-    with pytest.raises(InputError, match="--block-size"):
+    with pytest.raises(InputError, match="block_size: expected one of") as caught:
         export_model(str(tiny_model_dir), tmp_path / "x", ExportOptions("int4", block_size=48))
-    with pytest.raises(InputError, match="--quantize"):
+    assert caught.value.param == "block_size"
+    assert caught.value.render(cli_name).startswith("--block-size: ")
+    with pytest.raises(InputError, match="quantize: expected int8 or int4") as caught:
         export_model(str(tiny_model_dir), tmp_path / "x", ExportOptions("int3"))
+    assert caught.value.render(cli_name).startswith("--quantize: ")
     assert list(tmp_path.iterdir()) == []
 
 
