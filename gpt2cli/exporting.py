@@ -110,7 +110,6 @@ def export_model(
     outdir = Path(outdir).expanduser()
     source = Path(model).expanduser()
     check_outdir(outdir, options.force, source if source.is_dir() else None)
-    _occupy_closed_descriptors()
     _require_export_packages()
 
     source_dir = _resolve_source(model)
@@ -233,19 +232,6 @@ def _check_apart(outdir: Path, source_dir: Path) -> None:
                          "give a directory outside it")
 
 
-def _occupy_closed_descriptors() -> None:
-    """A closed stdout or stderr (`>&-`) would be the number the next opened file gets, and
-    the exporters' prints would go into it: hold /dev/null there instead."""
-    for fd in (1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_WRONLY)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-
-
 def _require_export_packages() -> None:
     for module in ("torch", "transformers", "optimum.exporters.onnx", "onnx", "accelerate"):
         try:
@@ -275,7 +261,6 @@ def _third_party_output(log_path: Path) -> Iterator[None]:
     with contextlib.suppress(OSError):  # a closed stdout (its stand-in has no descriptor)
         sys.stdout.flush()
         sys.stderr.flush()
-    _occupy_closed_descriptors()
     saved_out, saved_err = os.dup(1), os.dup(2)
     with open(log_path, "ab") as sink, warnings.catch_warnings():
         warnings.simplefilter("ignore")

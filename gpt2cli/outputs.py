@@ -307,19 +307,6 @@ def _open_error(shown: str, directory: Path, exc: OSError) -> CliError:
     return write_error(shown, exc)
 
 
-def _above_standard(fd: int) -> int:
-    """An output opened while stdout or stderr was closed (`>&-`) gets that number, and a
-    library's print would land in it: move it above 2, and hold /dev/null there instead."""
-    if fd > 2:
-        return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, fd)
-    if null != fd:
-        os.close(null)
-    return moved
-
-
 @contextmanager
 def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> Iterator[IO]:
     """Write `-o PATH`: a regular file through a temporary file beside it, put in place only
@@ -338,7 +325,6 @@ def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise _open_error(target.shown, real.parent, exc) from None
-    fd = _above_standard(fd)
     raw = _OutputFile(fd, target.shown)
     stream = _stream(raw, binary)
     try:
@@ -398,13 +384,12 @@ def _write_through(target: OutputTarget, binary: bool) -> Iterator[IO]:
     """A character device, FIFO or open descriptor, written as `cmd > PATH` would write it."""
     if target.descriptor is not None:
         _check_descriptor(target.shown, target.descriptor)
-        fd = _above_standard(os.dup(target.descriptor))
+        fd = os.dup(target.descriptor)
     else:
         try:  # no O_CREAT: a path that vanished meanwhile is not created as a regular file
             fd = os.open(target.file, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as exc:
             raise _open_error(target.shown, target.file.parent, exc) from None
-        fd = _above_standard(fd)
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
             os.close(fd)
