@@ -111,3 +111,39 @@ ThreadsOpt = Annotated[
         callback=check_threads,
     ),
 ]
+
+
+class OutputFormat(str, Enum):
+    """--format choices (outputs.FORMATS)."""
+
+    text = "text"
+    json = "json"
+    jsonl = "jsonl"
+
+
+FormatOpt = Annotated[
+    OutputFormat | None,
+    typer.Option(
+        "--format",
+        help="text (default); json: one document, an array of one object per input; "
+        "jsonl: one object per input per line.",
+        case_sensitive=False,
+        show_default=False,
+    ),
+]
+# Hidden aliases of --format json / --format jsonl, kept for scripts written before --format.
+JsonFlag = Annotated[bool, typer.Option("--json", hidden=True)]
+JsonlFlag = Annotated[bool, typer.Option("--jsonl", hidden=True)]
+
+
+def output_format(chosen: Enum | None, as_json: bool = False, as_jsonl: bool = False) -> str:
+    """The format named by --format or its hidden aliases --json/--jsonl ("text" when none
+    is given); two different ones are refused."""
+    from gpt2cli.errors import InputError
+
+    named = {getattr(chosen, "value", None), "json" if as_json else None}
+    named |= {"jsonl" if as_jsonl else None}
+    named.discard(None)
+    if len(named) > 1:
+        raise InputError(f"--format: {' and '.join(sorted(named))} given together; choose one")
+    return named.pop() if named else "text"

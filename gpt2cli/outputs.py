@@ -11,13 +11,16 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from gpt2cli.errors import CliError, InputError
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 class Settings:
@@ -91,6 +94,132 @@ def show_progress() -> bool:
 
 def to_json(obj: Any, indent: int | None = None) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False)
+
+
+# ------------------------------------------------------------------- records and progress
+
+FORMATS = ("text", "json", "jsonl")
+
+
+class RecordWriter:
+    """The one writer of results, one record (a dict) per input. `json`: one document, an array
+    of the records, streamed so that memory stays bounded; `jsonl`: one object per line, flushed
+    as written; `text`: `render(record)` (a string, its newline included)."""
+
+    def __init__(
+        self,
+        out: IO[str],
+        output_format: str,
+        render: Callable[[dict[str, Any]], str] | None = None,
+    ) -> None:
+        if output_format not in FORMATS:
+            raise ValueError(f"unknown format {output_format!r}")
+        if output_format == "text" and render is None:
+            raise ValueError("text output needs a render function")
+        self.out = out
+        self.format = output_format
+        self.render = render
+        self.count = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.format == "jsonl":
+            self.out.write(to_json(record) + "\n")
+            self.out.flush()
+        elif self.format == "json":
+            self.out.write(("[\n" if self.count == 0 else ",\n") + to_json(record))
+        else:
+            assert self.render is not None
+            self.out.write(self.render(record))
+        self.count += 1
+
+    def close(self) -> None:
+        """End the document (`json`: `[]` when there were no records)."""
+        if self.format == "json":
+            self.out.write("\n]\n" if self.count else "[]\n")
+        self.out.flush()
+
+
+class Progress:
+    """One progress bar on stderr, with rate and ETA, for any long job. Shown only where
+    show_progress() allows (a terminal, no --quiet, escape codes allowed); otherwise every
+    call does nothing. Use as a context manager; the bar is erased when it ends."""
+
+    def __init__(self, description: str, total: int | None = None, unit: str = "tokens") -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if not show_progress():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s")
+
+        self._bar = RichProgress(
+            TextColumn("gpt2cli: {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self._task = self._bar.add_task(escape_controls(description), total=total)
+        self._bar.start()
+
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
+    def advance(self, amount: float = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, amount)
+
+    def update(
+        self,
+        *,
+        completed: float | None = None,
+        total: float | None = None,
+        description: str | None = None,
+    ) -> None:
+        if self._bar is not None:
+            kwargs: dict[str, Any] = {}
+            if completed is not None:
+                kwargs["completed"] = completed
+            if total is not None:
+                kwargs["total"] = total
+            if description is not None:
+                kwargs["description"] = escape_controls(description)
+            self._bar.update(self._task, **kwargs)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------------------- -o files
