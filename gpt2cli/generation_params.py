@@ -125,7 +125,6 @@ PARAMETERS: tuple[Parameter, ...] = (
         1.0,
         (POSITIVE,),
         hint="for greedy decoding use {greedy}",
-        cli_short="-t",
     ),
     Parameter(
         "top_k",

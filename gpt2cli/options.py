@@ -28,6 +28,14 @@ Texts = Annotated[
     list[str] | None,
     typer.Argument(help="Texts to process; each argument is one text.", show_default=False),
 ]
+Prompts = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", "-p", metavar="TEXT",
+        help="A text to process (as llama.cpp's -p); the same as a TEXT argument. Repeatable.",
+        show_default=False,
+    ),
+]
 Files = Annotated[
     list[str] | None,
     typer.Option(
@@ -60,7 +68,8 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Hub model id (gpt2, distilgpt2, ...) or a local directory.",
+        metavar="MODEL",
+        help="Hub model id (gpt2, distilgpt2, ...) or a local directory. [default: gpt2]",
         callback=check_model,
     ),
 ]
@@ -107,6 +116,8 @@ ThreadsOpt = Annotated[
     int | None,
     typer.Option(
         "--threads",
+        "-t",
+        metavar="N",
         help="CPU threads for the model (default: the backend's; at most 4 per CPU).",
         callback=check_threads,
     ),

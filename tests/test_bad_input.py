@@ -283,7 +283,7 @@ MODEL_CASES = [
     ),
     Case(
         "negative temperature while sampling",
-        (*GENERATE, "--do-sample", "-t", "-0.5", "Hello"),
+        (*GENERATE, "--do-sample", "--temperature", "-0.5", "Hello"),
         2,
         "--temperature: must be a strictly positive number",
         model="tiny_model_dir",
