@@ -157,8 +157,11 @@ def iter_texts(
     *,
     lines: bool = False,
     replace_invalid: bool = False,
+    drop_final_newline: bool = False,
 ) -> Iterator[Text]:
-    """Yield every input text. With `lines`, each non-blank line is its own text (streamed)."""
+    """Yield every input text. With `lines`, each non-blank line is its own text (streamed).
+    `drop_final_newline` drops exactly one line break ("\n" or "\r\n") from the end of each
+    file or stdin text, the one that `echo` and editors add (generate and embed ask for it)."""
     produced = 0
     for source in resolve_sources(texts, files):
         if lines:
@@ -168,6 +171,8 @@ def iter_texts(
                     yield Text(line, f"{source.name}:{number}")
         else:
             text = _read_all(source, replace_invalid)
+            if drop_final_newline and source.path is not None and text.endswith("\n"):
+                text = text[:-2] if text.endswith("\r\n") else text[:-1]
             if not text.strip():
                 raise _empty_error(source.name, text)
             produced += 1
@@ -182,9 +187,15 @@ def read_texts(
     *,
     lines: bool = False,
     replace_invalid: bool = False,
+    drop_final_newline: bool = False,
 ) -> list[Text]:
     """All input texts in memory, for commands that batch them."""
-    return list(iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid))
+    return list(
+        iter_texts(
+            texts, files, lines=lines, replace_invalid=replace_invalid,
+            drop_final_newline=drop_final_newline,
+        )
+    )
 
 
 # Whitespace to every regex engine the tokenizers use (Unicode White_Space), and characters

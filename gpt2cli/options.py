@@ -43,6 +43,14 @@ Files = Annotated[
     ),
 ]
 Lines = Annotated[bool, typer.Option("--lines", help="Treat each input line as its own text.")]
+KeepNewline = Annotated[
+    bool,
+    typer.Option(
+        "--keep-newline",
+        help="Keep the line break that ends a file or piped text (dropped by default, so that "
+        "`echo TEXT |` and a TEXT argument give the same result).",
+    ),
+]
 ReplaceInvalid = Annotated[
     bool,
     typer.Option("--replace-invalid", help="Replace invalid UTF-8 with U+FFFD instead of failing."),
