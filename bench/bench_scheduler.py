@@ -9,7 +9,8 @@ string that ends some rows early (picked from a short probe run, since random we
 natural text). Both loops decode exactly the same planned sequences at --batch-size rows; the
 runs interleave (fixed, scheduler, fixed, ...), and the outputs must agree token for token.
 Reported: wall time, tok/s, decode steps, and the loop's own cost outside backend.forward
-(per generated token and per step; the scheduler's includes joining caches, shown apart).
+(per generated token and per step; the scheduler's includes joining caches (rebuilds and
+in-place refills), shown apart).
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class TimedBackend(common.TimedBackend):
         start = time.perf_counter()
         try:
             return self.backend.join_rows(*args, **kwargs)
+        finally:
+            self.join_time += time.perf_counter() - start
+
+    def write_rows(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.backend.write_rows(*args, **kwargs)
         finally:
             self.join_time += time.perf_counter() - start
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 FINISH_CANCELLED = "cancelled"
 FINISH_ERROR = "error"
 DEFAULT_MAX_ROWS = 8
+COMPACT_AT = 1.5  # cache length / longest row's tokens above which the cache is rebuilt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +249,8 @@ class Scheduler:
                 self._finish(row, FINISH_CANCELLED)
         keep = [i for i, row in enumerate(self._rows) if not row.sequence.finished]
         new = self._admit(len(keep))
-        if new or len(keep) != len(self._rows):
+        ended = [i for i, row in enumerate(self._rows) if row.sequence.finished]
+        if (new or ended) and not self._refill(ended, new):
             self._rebuild(keep, new)
         if not self._rows:
             return False
@@ -305,37 +307,69 @@ class Scheduler:
             self._reserved += need
         return new
 
+    def _prefill(self, new: list[_Row]) -> tuple[Any, np.ndarray]:
+        """The cache of the joining rows' prompts but their last tokens (right-aligned, None
+        when every prompt is one token), and those prefixes' lengths."""
+        prefixes = [row.sequence.prompt_ids[:-1] for row in new]
+        lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
+        width = int(lengths.max())
+        if not width:
+            return None, lengths
+        ids = np.zeros((len(new), width), dtype=np.int64)
+        mask = np.zeros((len(new), width), dtype=np.int64)
+        for i, (row, prefix) in enumerate(zip(new, prefixes, strict=True)):
+            ids[i, :] = row.params.pad_token_id
+            if prefix:
+                ids[i, width - len(prefix) :] = prefix
+                mask[i, width - len(prefix) :] = 1
+        positions = position_ids_from_mask(mask, width)
+        cache = self.backend.forward(ids, mask, positions, None, logits="none").cache
+        return cache, lengths
+
+    def _refill(self, ended: list[int], new: list[_Row]) -> bool:
+        """Put as many joining rows into the slots of as many ended ones, writing their caches
+        into the batch's in place (no copy of the rows that go on); False when that does not
+        apply (the batch grows or shrinks, a prompt is longer than the cache, or the cache is
+        worth compacting), and the batch is then rebuilt."""
+        if not new or len(new) != len(ended) or self._cache is None:
+            return False
+        widest = max(len(row.sequence.prompt_ids) - 1 for row in new)
+        if widest > self._length or self._length + 1 > self.backend.info.n_positions:
+            return False
+        lengths = self._lengths.copy()
+        lengths[ended] = [len(row.sequence.prompt_ids) - 1 for row in new]
+        # Positions left of every row's tokens are masked padding that each step still reads
+        # and copies: past this share of the cache, one rebuild to the longest row pays off.
+        if self._length > COMPACT_AT * int(lengths.max()):
+            return False
+        cache, _ = self._prefill(new)
+        slots = np.asarray(ended, dtype=np.int64)
+        self._cache = self.backend.write_rows(
+            self._cache, slots, cache, np.arange(len(new), dtype=np.int64)
+        )
+        self._lengths = lengths
+        for slot, row in zip(ended, new, strict=True):
+            self._rows[slot] = row
+        return True
+
     def _rebuild(self, keep: list[int], new: list[_Row]) -> None:
         """The batch of rows `keep` (indices into the current batch) then `new` (prefilled
         here), the cache right-aligned to the longest row."""
-        backend = self.backend
         parts: list[tuple[Any, np.ndarray]] = []
         lengths = [self._lengths[keep]]
         if keep:
             parts.append((self._cache, np.asarray(keep, dtype=np.int64)))
         if new:
-            prefixes = [row.sequence.prompt_ids[:-1] for row in new]
-            width = max(len(p) for p in prefixes)
-            cache = None
-            if width:
-                ids = np.zeros((len(new), width), dtype=np.int64)
-                mask = np.zeros((len(new), width), dtype=np.int64)
-                for i, (row, prefix) in enumerate(zip(new, prefixes, strict=True)):
-                    ids[i, :] = row.params.pad_token_id
-                    if prefix:
-                        ids[i, width - len(prefix) :] = prefix
-                        mask[i, width - len(prefix) :] = 1
-                positions = position_ids_from_mask(mask, width)
-                cache = backend.forward(ids, mask, positions, None, logits="none").cache
+            cache, prefix_lengths = self._prefill(new)
             parts.append((cache, np.arange(len(new), dtype=np.int64)))
-            lengths.append(np.array([len(p) for p in prefixes], dtype=np.int64))
+            lengths.append(prefix_lengths)
         self._lengths = np.concatenate(lengths)
         length = int(self._lengths.max()) if len(self._lengths) else 0
         self._rows = [self._rows[i] for i in keep] + new
         if not self._rows:
             self._cache, self._length = None, 0
             return
-        self._cache = backend.join_rows(parts, length)
+        self._cache = self.backend.join_rows(parts, length)
         self._length = length
 
     def _decode(self) -> None:

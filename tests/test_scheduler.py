@@ -277,3 +277,74 @@ def test_budgets_bound_rows_and_tokens_in_flight(tiny) -> None:  # noqa: ANN001
         assert max(widths) <= 2 < 8
     finally:
         del tiny.forward
+
+
+# --- in-place refills: a joining row takes an ended row's slot without copying the others ------
+
+
+class CountingBackend:
+    """The backend, counting whole-cache joins and in-place row writes."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.name, self.info, self.tokenizer = backend.name, backend.info, backend.tokenizer
+        self.joins = self.writes = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.backend.forward(*args, **kwargs)
+
+    def join_rows(self, *args: Any) -> Any:
+        self.joins += 1
+        return self.backend.join_rows(*args)
+
+    def write_rows(self, *args: Any) -> Any:
+        self.writes += 1
+        return self.backend.write_rows(*args)
+
+
+def test_rows_refilled_in_place_decode_as_alone(memorised) -> None:  # noqa: ANN001
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    # a long first row keeps the cache long; short rows then refill the slots that end
+    cuts = [40, 3, 5, 2, 8, 1, 6, 4, 7, 2, 9, 3]
+    budgets = [45, 4, 6, 3, 9, 5, 2, 7, 4, 6, 3, 5]
+    rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=budget))
+            for cut, budget in zip(cuts, budgets, strict=True)]
+    expected = alone(memorised, rows)
+    counting = CountingBackend(memorised)
+    assert [s.token_ids for s in run(counting, rows, 3)] == expected
+    assert counting.writes >= 5  # most joins were refills in place
+    assert counting.joins < counting.writes
+
+
+def test_write_rows_equals_a_join(tiny) -> None:  # noqa: ANN001
+    """A slot written in place holds what a join of the same rows would hold."""
+    texts = ["Hello there, how are you today?", "The", "Once upon a time"]
+    ids = tiny.tokenizer.encode_batch(texts)
+    width = max(map(len, ids))
+
+    def prefill(rows: list[list[int]], length: int) -> Any:
+        batch = np.zeros((len(rows), length), dtype=np.int64)
+        mask = np.zeros_like(batch)
+        for i, row in enumerate(rows):
+            batch[i, length - len(row) :] = row
+            mask[i, length - len(row) :] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        return tiny.forward(batch, mask, positions, None, logits="none").cache
+
+    def as_arrays(cache: Any) -> list[np.ndarray]:
+        if tiny.name == "torch":
+            return [t.numpy().copy() for layer in cache.layers for t in (layer.keys, layer.values)]
+        return [v.numpy().copy() for v in cache.values]
+
+    batch = prefill(ids, width)
+    short = prefill([ids[1]], len(ids[1]))
+    expected = tiny.join_rows(
+        [(prefill(ids, width), np.array([0])), (short, np.array([0])),
+         (prefill(ids, width), np.array([2]))],
+        width,
+    )
+    written = tiny.write_rows(batch, np.array([1]), short, np.array([0]))
+    for got, want in zip(as_arrays(written), as_arrays(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
+    cleared = tiny.write_rows(written, np.array([0]), None, np.array([0]))
+    assert all(not a[0].any() for a in as_arrays(cleared))

@@ -65,6 +65,13 @@ class Backend(Protocol):
         zeros, or its oldest positions dropped (the caller's mask must cover them all)."""
         ...
 
+    def write_rows(self, cache: Any, slots: np.ndarray, source: Any, rows: np.ndarray) -> Any:
+        """`cache` with its batch rows `slots` replaced by rows `rows` of `source` (None: rows
+        with nothing cached), right-aligned to the cache's length and zero-filled to the left;
+        `source` is no longer than `cache`. Changes `cache` in place where the backend can
+        (a row joins the batch without a copy of the others), and returns the cache to use."""
+        ...
+
 
 def position_ids_from_mask(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
     """Position ids of the last `new_tokens` positions, counting only unmasked tokens."""

@@ -12,6 +12,7 @@ path.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -272,11 +273,58 @@ class OnnxBackend:
             values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
         return OnnxCache(values, length)
 
+    def write_rows(
+        self, cache: OnnxCache, slots: np.ndarray, source: OnnxCache | None, rows: np.ndarray
+    ) -> OnnxCache:
+        """Rows `rows` of `source` into batch rows `slots` of `cache`; see
+        base.Backend.write_rows. In place on CPU (the other rows are not copied); on CUDA,
+        one join."""
+        slots, rows = np.asarray(slots).tolist(), np.asarray(rows).tolist()
+        length = cache.length
+        size = source.length if source is not None else 0
+        if size > length:
+            raise ValueError("write_rows: the source is longer than the cache")
+        if self.output_device != "cpu":
+            return self._write_by_joining(cache, slots, source, rows)
+        for index, value in enumerate(cache.values):
+            target = _writable_view(value, self.cache_dtype)
+            stored = self._host_view(source.values[index]) if source is not None and size else None
+            for slot, row in zip(slots, rows, strict=True):
+                target[slot, :, : length - size] = 0
+                if stored is not None:
+                    target[slot, :, length - size :] = stored[row, :, -size:]
+        return cache
+
+    def _write_by_joining(
+        self, cache: OnnxCache, slots: list[int], source: OnnxCache | None, rows: list[int]
+    ) -> OnnxCache:
+        replaced = dict(zip(slots, rows, strict=True))
+        parts: list[tuple[OnnxCache | None, list[int]]] = []
+        for slot in range(cache.values[0].shape()[0]):
+            owner, row = (source, replaced[slot]) if slot in replaced else (cache, slot)
+            if parts and parts[-1][0] is owner:
+                parts[-1][1].append(row)
+            else:
+                parts.append((owner, [row]))
+        arrays = [(owner, np.asarray(r, dtype=np.int64)) for owner, r in parts]
+        joined = self.join_rows(arrays, cache.length)
+        assert joined is not None
+        return joined
+
     def _host_view(self, value: Any) -> np.ndarray:
         """An OrtValue's data as numpy: a view on CPU, a copy from the GPU."""
         if self.output_device == "cpu":
             return np.from_dlpack(value)
         return value.numpy()
+
+
+def _writable_view(value: Any, dtype: Any) -> np.ndarray:
+    """A writable numpy view of a CPU OrtValue's buffer (np.from_dlpack's views are read-only).
+    Valid while `value` lives; the scheduler writes a joining row's cache through it."""
+    shape = tuple(value.shape())
+    count = int(np.prod(shape))
+    buffer = (ctypes.c_char * (count * np.dtype(dtype).itemsize)).from_address(value.data_ptr())
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
 def inconsistent(path: Path, what: str) -> ModelError:

@@ -151,6 +151,27 @@ class TorchBackend:
             return transformers.DynamicCache(layers)
 
 
+    def write_rows(self, cache: Any, slots: np.ndarray, source: Any, rows: np.ndarray) -> Any:
+        """Rows `rows` of `source` into batch rows `slots` of `cache`, in place; see
+        base.Backend.write_rows."""
+        length = cache.get_seq_length()
+        size = source.get_seq_length() if source is not None else 0
+        if size > length:
+            raise ValueError("write_rows: the source is longer than the cache")
+        pairs = list(zip(np.asarray(slots).tolist(), np.asarray(rows).tolist(), strict=True))
+        with self.torch.inference_mode():
+            for layer in range(self.info.n_layer):
+                target = cache.layers[layer]
+                stored = source.layers[layer] if source is not None and size else None
+                for kind in ("keys", "values"):
+                    tensor = getattr(target, kind)
+                    for slot, row in pairs:
+                        tensor[slot, :, : length - size] = 0
+                        if stored is not None:
+                            tensor[slot, :, length - size :] = getattr(stored, kind)[row, :, -size:]
+        return cache
+
+
 def _to_numpy(tensor: Any) -> np.ndarray | None:
     if tensor is None:
         return None
