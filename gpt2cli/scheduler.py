@@ -2,11 +2,14 @@
 
 Rows (one output sequence each) join the running batch between steps and leave it when they
 end (end-of-sequence, length, stop string, cancellation), so a finished row's slot is refilled
-at once. A joining row's prompt is prefilled, all but its last token, and its cache joined to
-the batch's, every row right-aligned (left padding) to the longest; the last prompt token then
-goes through the next step with the other rows' latest tokens. Each row's position ids count
-its real tokens only and the attention mask covers the padding, so a row's tokens do not
-depend on its neighbours, and sampling is per row (decoding.row_generator).
+at once. A joining row's prompt is prefilled, all but its last token, and its cache written into
+an ended row's slot in place, right-aligned (left padding) to the batch's cache length; the last
+prompt token then goes through the next step with the other rows' latest tokens. The whole
+cache is rebuilt (every row copied, right-aligned to the longest) only when the batch grows,
+when half of it has ended with nothing waiting, when a prompt is longer than the cache, or when
+the padding is worth trimming. Each row's position ids count its real tokens only and the
+attention mask covers the padding, so a row's tokens do not depend on its neighbours, and
+sampling is per row (decoding.row_generator).
 
 One thread owns a Scheduler and drives it (step, run_until_done or serve); any thread may
 submit rows, wait for them, read their step events and cancel them.
@@ -213,6 +216,7 @@ class Scheduler:
         self._inbox: queue.SimpleQueue[Handle] = queue.SimpleQueue()
         self._waiting: deque[Handle] = deque()
         self._rows: list[_Row] = []
+        self._idle: frozenset[int] = frozenset()  # slots of ended rows still in the batch
         self._cache: Any = None
         self._length = 0  # cache positions (the batch's common, left-padded length)
         self._lengths = np.zeros(0, dtype=np.int64)  # real tokens cached, per row
@@ -247,11 +251,12 @@ class Scheduler:
         for row in self._rows:
             if row.handle.cancelled and not row.sequence.finished:
                 self._finish(row, FINISH_CANCELLED)
-        keep = [i for i, row in enumerate(self._rows) if not row.sequence.finished]
-        new = self._admit(len(keep))
+        live = [i for i, row in enumerate(self._rows) if not row.sequence.finished]
+        new = self._admit(len(live))
         ended = [i for i, row in enumerate(self._rows) if row.sequence.finished]
-        if (new or ended) and not self._refill(ended, new):
-            self._rebuild(keep, new)
+        changed = bool(new) or len(ended) != len(self._idle)
+        if changed and not self._refill(live, ended, new):
+            self._rebuild(live, new)
         if not self._rows:
             return False
         self._decode()
@@ -326,30 +331,39 @@ class Scheduler:
         cache = self.backend.forward(ids, mask, positions, None, logits="none").cache
         return cache, lengths
 
-    def _refill(self, ended: list[int], new: list[_Row]) -> bool:
-        """Put as many joining rows into the slots of as many ended ones, writing their caches
-        into the batch's in place (no copy of the rows that go on); False when that does not
-        apply (the batch grows or shrinks, a prompt is longer than the cache, or the cache is
-        worth compacting), and the batch is then rebuilt."""
-        if not new or len(new) != len(ended) or self._cache is None:
+    def _refill(self, live: list[int], ended: list[int], new: list[_Row]) -> bool:
+        """Put the joining rows into the slots of ended ones, writing their caches into the
+        batch's in place (no copy of the rows that go on); ended slots left over stay in the
+        batch, idle, until enough of it is. False when that does not apply (more rows join
+        than have ended, a prompt is longer than the cache, half the batch would idle, or the
+        cache is worth compacting): the batch is then rebuilt."""
+        if self._cache is None or len(new) > len(ended):
             return False
-        widest = max(len(row.sequence.prompt_ids) - 1 for row in new)
-        if widest > self._length or self._length + 1 > self.backend.info.n_positions:
+        refilled, idle = ended[: len(new)], ended[len(new) :]
+        working = live + refilled
+        if not working or len(idle) >= len(working):
+            return False
+        prefixes = [len(row.sequence.prompt_ids) - 1 for row in new]
+        if new and max(prefixes) > self._length:
             return False
         lengths = self._lengths.copy()
-        lengths[ended] = [len(row.sequence.prompt_ids) - 1 for row in new]
+        lengths[refilled] = prefixes
         # Positions left of every row's tokens are masked padding that each step still reads
         # and copies: past this share of the cache, one rebuild to the longest row pays off.
-        if self._length > COMPACT_AT * int(lengths.max()):
+        if self._length > COMPACT_AT * int(lengths[working].max()):
             return False
-        cache, _ = self._prefill(new)
-        slots = np.asarray(ended, dtype=np.int64)
-        self._cache = self.backend.write_rows(
-            self._cache, slots, cache, np.arange(len(new), dtype=np.int64)
-        )
+        if new:
+            cache, _ = self._prefill(new)
+            self._cache = self.backend.write_rows(
+                self._cache,
+                np.asarray(refilled, dtype=np.int64),
+                cache,
+                np.arange(len(new), dtype=np.int64),
+            )
+            for slot, row in zip(refilled, new, strict=True):
+                self._rows[slot] = row
         self._lengths = lengths
-        for slot, row in zip(ended, new, strict=True):
-            self._rows[slot] = row
+        self._idle = frozenset(idle)
         return True
 
     def _rebuild(self, keep: list[int], new: list[_Row]) -> None:
@@ -366,6 +380,7 @@ class Scheduler:
         self._lengths = np.concatenate(lengths)
         length = int(self._lengths.max()) if len(self._lengths) else 0
         self._rows = [self._rows[i] for i in keep] + new
+        self._idle = frozenset()
         if not self._rows:
             self._cache, self._length = None, 0
             return
@@ -376,27 +391,31 @@ class Scheduler:
         rows, length, lengths = self._rows, self._length, self._lengths
         tokens = np.array([[row.next_token] for row in rows], dtype=np.int64)
         mask = (np.arange(length + 1)[None, :] >= (length - lengths)[:, None]).astype(np.int64)
-        positions = lengths[:, None].copy()
+        # An idle row (ended, its slot not yet refilled) runs on, its output unused; its
+        # position is held inside the model's table.
+        positions = np.minimum(lengths, self.backend.info.n_positions - 1)[:, None]
         result = self.backend.forward(tokens, mask, positions, self._cache, logits="last")
         self._cache = result.cache
         self._length = length + 1
         lengths += 1
 
         logits = result.logits
-        sampled = [i for i, row in enumerate(rows) if row.rng is not None]
-        processed = [i for i, row in enumerate(rows) if row.processors.active]
+        live = [i for i, row in enumerate(rows) if not row.sequence.finished]
+        sampled = [i for i in live if rows[i].rng is not None]
+        processed = [i for i in live if rows[i].processors.active]
         if (sampled or processed) and not logits.flags.writeable:
             logits = logits.copy()
         for i in processed:
             rows[i].processors(logits[i : i + 1])
-        chosen = np.argmax(logits, axis=1) if len(sampled) < len(rows) else None
+        chosen = np.argmax(logits, axis=1) if len(sampled) < len(live) else None
         for i in sampled:
             params = rows[i].params
             ids, probs = filtered_distribution(
                 logits[i], params.temperature, params.top_k, params.top_p
             )
             tokens[i, 0] = sample_token(ids, probs, rows[i].rng.random())
-        for i, row in enumerate(rows):
+        for i in live:
+            row = rows[i]
             token = int(tokens[i, 0]) if row.rng is not None else int(chosen[i])
             seq = row.sequence
             seq.add(token, self._bytes_of(token, row.eos), row.stops)
@@ -434,7 +453,7 @@ class Scheduler:
             handle.sequence.finish_reason = FINISH_ERROR if error else FINISH_CANCELLED
             handle._emit(StepEvent(None, "", handle.sequence.finish_reason))
             handle._end()
-        self._rows, self._waiting = [], deque()
+        self._rows, self._waiting, self._idle = [], deque(), frozenset()
         self._cache, self._length = None, 0
         self._lengths = np.zeros(0, dtype=np.int64)
         self._reserved = 0
