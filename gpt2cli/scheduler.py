@@ -375,6 +375,11 @@ class Scheduler:
             parts.append((self._cache, np.asarray(keep, dtype=np.int64)))
         if new:
             cache, prefix_lengths = self._prefill(new)
+            if not keep:  # the prefill's cache is already the batch's: no copy
+                self._rows, self._idle, self._cache = new, frozenset(), cache
+                self._lengths = prefix_lengths
+                self._length = int(prefix_lengths.max())
+                return
             parts.append((cache, np.arange(len(new), dtype=np.int64)))
             lengths.append(prefix_lengths)
         self._lengths = np.concatenate(lengths)
