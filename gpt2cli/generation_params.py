@@ -82,7 +82,8 @@ def parse_logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
 def _int_text(text: str) -> int | None:
     """A decimal integer written as text (surrounding spaces allowed), else None."""
     text = text.strip()
-    return int(text) if text.isascii() and text.lstrip("-").isdigit() else None
+    digits = text[1:] if text.startswith("-") else text
+    return int(text) if digits.isascii() and digits.isdigit() else None
 
 
 def _float_text(text: str) -> float | None:
@@ -215,7 +216,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "min_p",
         float,
-        "Sample only tokens at least this fraction as likely as the likeliest (0..1; off).",
+        "Keep tokens at least this fraction as likely as the likeliest (0..1; off).",
         None,
         (UNIT,),
         implies_sampling=True,
@@ -223,8 +224,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "typical_p",
         float,
-        "Typical sampling: keep the tokens nearest the expected surprise, up to this mass "
-        "(0..1; 1.0: off).",
+        "Typical sampling: keep this mass of the tokens nearest the entropy (1.0: off).",
         1.0,
         (Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),),
         implies_sampling=True,
@@ -235,7 +235,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "presence_penalty",
         float,
-        "Subtract this from the logit of every token generated so far (OpenAI; -2..2, 0).",
+        "Lower the logits of tokens generated so far by this (OpenAI; -2..2; 0).",
         0.0,
         (OPENAI_PENALTY,),
         model_setting=False,
@@ -243,8 +243,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "frequency_penalty",
         float,
-        "Subtract this times its count so far from each generated token's logit "
-        "(OpenAI; -2..2, 0).",
+        "Lower generated tokens' logits by this times their count (OpenAI; -2..2; 0).",
         0.0,
         (OPENAI_PENALTY,),
         model_setting=False,
@@ -252,8 +251,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "logit_bias",
         str,
-        "Add BIAS (-100..100) to token ID's logit before anything else (repeatable; "
-        "OpenAI's logit_bias).",
+        "Add BIAS (-100..100) to token ID's logit (repeatable; OpenAI's logit_bias).",
         None,
         repeated=True,
         model_setting=False,

@@ -398,6 +398,9 @@ def test_logit_bias_forms(value: Any, pairs: tuple) -> None:
                                  "got '7'"),
         ({"logit_bias": ("x=1",)}, "--logit-bias: token ids must be integers >= 0, got 'x'"),
         ({"logit_bias": ("-3=1",)}, "--logit-bias: token ids must be integers >= 0, got '-3'"),
+        ({"logit_bias": ("3-=1",)}, "--logit-bias: token ids must be integers >= 0, got '3-'"),
+        ({"logit_bias": ("1.5=1",)}, "--logit-bias: token ids must be integers >= 0, got '1.5'"),
+        ({"logit_bias": {"1e3": 1}}, "--logit-bias: token ids must be integers >= 0, got '1e3'"),
         ({"logit_bias": ("7=much",)}, "--logit-bias: token 7: the bias must be a number, "
                                       "got 'much'"),
         ({"logit_bias": ("7=101",)}, "--logit-bias: token 7: the bias must be in [-100, 100], "
