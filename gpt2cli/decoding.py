@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gpt2cli.errors import InputError, plain_name
-from gpt2cli.generation_params import GenerationParams
+from gpt2cli.generation_params import GenerationParams, check_logit_bias
 from gpt2cli.tokenizer import Limited, Tokenizer, encode_limited
 
 FINISH_LENGTH = "length"
@@ -201,6 +201,106 @@ class RepetitionPenaltyProcessor(LogitsProcessor):
         self.width = width
 
 
+class LogitBiasProcessor(LogitsProcessor):
+    """OpenAI's logit_bias: a fixed bias added to given tokens' logits, before anything else."""
+
+    def __init__(self, bias: Sequence[tuple[int, float]]) -> None:
+        self.pairs = tuple(bias)
+        self.ids = np.array([token for token, _ in bias], dtype=np.int64)
+        self.bias = np.array([value for _, value in bias], dtype=np.float32)
+        self.top = int(self.ids.max()) if self.ids.size else -1
+
+    @classmethod
+    def from_params(cls, params: GenerationParams, capacity: int = 0) -> LogitBiasProcessor | None:
+        return cls(params.logit_bias) if params.logit_bias else None
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        if self.top >= logits.shape[1]:  # GenerationParams.resolve checks it with a vocab size
+            check_logit_bias(self.pairs, logits.shape[1])
+        logits[:, self.ids] += self.bias
+
+    def append(self, tokens: np.ndarray) -> None:
+        pass
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        pass
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        pass
+
+
+class TokenCounts:
+    """How often each token was generated in one row, kept incrementally."""
+
+    __slots__ = ("slot", "ids", "counts")
+
+    def __init__(self) -> None:
+        self.slot: dict[int, int] = {}  # token -> its index in ids and counts
+        self.ids = np.empty(0, dtype=np.int64)
+        self.counts = np.empty(0, dtype=np.int64)
+
+    def add(self, token: int) -> None:
+        at = self.slot.get(token)
+        if at is not None:
+            self.counts[at] += 1
+            return
+        at = self.slot[token] = len(self.slot)
+        if at == self.ids.shape[0]:
+            size = max(2 * at, 16)
+            self.ids = np.resize(self.ids, size)
+            self.counts = np.resize(self.counts, size)
+        self.ids[at], self.counts[at] = token, 1
+
+    def copy(self) -> TokenCounts:
+        twin = TokenCounts()
+        twin.slot = dict(self.slot)
+        twin.ids, twin.counts = self.ids.copy(), self.counts.copy()
+        return twin
+
+
+class PresenceFrequencyPenaltyProcessor(LogitsProcessor):
+    """OpenAI's (and vLLM's) presence and frequency penalties, over each row's generated tokens
+    only: logits[t] -= presence_penalty * (count[t] > 0) + frequency_penalty * count[t]."""
+
+    def __init__(self, presence: float, frequency: float) -> None:
+        self.presence = presence
+        self.frequency = frequency
+        self.rows: list[TokenCounts] = []
+
+    @classmethod
+    def from_params(
+        cls, params: GenerationParams, capacity: int = 0
+    ) -> PresenceFrequencyPenaltyProcessor | None:
+        if params.presence_penalty == 0.0 and params.frequency_penalty == 0.0:
+            return None
+        return cls(params.presence_penalty, params.frequency_penalty)
+
+    def __call__(self, logits: np.ndarray, rows: np.ndarray | None = None) -> None:
+        for row in range(len(self.rows)) if rows is None else np.flatnonzero(rows):
+            counts = self.rows[row]
+            used = len(counts.slot)
+            if not used:
+                continue
+            ids = counts.ids[:used]
+            penalty = self.presence + self.frequency * counts.counts[:used]  # float64
+            logits[row, ids] = logits[row, ids] - penalty
+
+    def append(self, tokens: np.ndarray) -> None:
+        for counts, token in zip(self.rows, tokens.tolist(), strict=True):
+            counts.add(token)
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> None:
+        self.rows += [TokenCounts() for _ in prompts]  # the prompt does not count (OpenAI)
+
+    def keep_rows(self, keep: np.ndarray | Sequence[int]) -> None:
+        kept: list[TokenCounts] = []
+        taken: set[int] = set()
+        for row in row_indices(keep, len(self.rows)).tolist():
+            kept.append(self.rows[row].copy() if row in taken else self.rows[row])
+            taken.add(row)
+        self.rows = kept
+
+
 class NoRepeatNGramProcessor(LogitsProcessor):
     """transformers' NoRepeatNGramLogitsProcessor, with each row's n-grams kept as they grow."""
 
@@ -287,9 +387,12 @@ class MinNewTokensProcessor(_EndSuppressor):
         return cls(params.min_new_tokens, params.eos_token_ids)
 
 
-# The processors, in the order transformers' generate() applies them.
+# The processors, in the order transformers' generate() applies them; the token bias first (as
+# transformers' sequence_bias), OpenAI's penalties after the repetition penalty (as vLLM).
 PROCESSORS: tuple[type[LogitsProcessor], ...] = (
+    LogitBiasProcessor,
     RepetitionPenaltyProcessor,
+    PresenceFrequencyPenaltyProcessor,
     NoRepeatNGramProcessor,
     MinLengthProcessor,
     MinNewTokensProcessor,
@@ -434,11 +537,62 @@ def filtered_distribution(
     ids = top_k_ids(scores, top_k) if top_k > 0 else None
     probs = softmax64(scores if ids is None else scores[ids])
     if top_p < 1.0:
-        keep = top_p_keep(probs, top_p)
-        ids = np.flatnonzero(keep) if ids is None else ids[keep]
-        probs = probs[keep]
-        probs /= probs.sum()
+        ids, probs = _kept(ids, probs, top_p_keep(probs, top_p))
     return ids, probs
+
+
+def cut_distribution(
+    ids: np.ndarray | None, probs: np.ndarray, min_p: float | None, typical_p: float = 1.0
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """min-p, then typical-p, on a filtered distribution (ids and probs as
+    filtered_distribution returns them): transformers applies these warpers after top-p."""
+    if min_p is not None:
+        ids, probs = _kept(ids, probs, min_p_keep(probs, min_p))
+    if typical_p < 1.0:
+        ids, probs = _kept(ids, probs, typical_keep(probs, typical_p))
+    return ids, probs
+
+
+def params_distribution(
+    scores: np.ndarray, params: GenerationParams
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The distribution `params`' warpers leave of `scores` (which may be modified in place),
+    in transformers' order: temperature, top-k, top-p, min-p, typical-p."""
+    ids, probs = filtered_distribution(scores, params.temperature, params.top_k, params.top_p)
+    return cut_distribution(ids, probs, params.min_p, params.typical_p)
+
+
+def _kept(
+    ids: np.ndarray | None, probs: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and renormalised probabilities where the boolean `keep` holds."""
+    ids = np.flatnonzero(keep) if ids is None else ids[keep]
+    probs = probs[keep]
+    return ids, probs / probs.sum()
+
+
+def min_p_keep(probs: np.ndarray, min_p: float) -> np.ndarray:
+    """Boolean mask of the tokens at least `min_p` times as likely as the likeliest, as
+    MinPLogitsWarper keeps them (the likeliest always stays)."""
+    keep = probs >= min_p * probs.max()
+    keep[int(np.argmax(probs))] = True
+    return keep
+
+
+def typical_keep(probs: np.ndarray, mass: float) -> np.ndarray:
+    """Boolean mask of typical sampling's set, as TypicalLogitsWarper builds it: tokens ordered
+    by how far their surprise (-log p) is from the entropy; the nearest kept until their mass
+    reaches `mass`, with every token as near as the last one kept."""
+    with np.errstate(divide="ignore"):
+        log_probs = np.log(probs)
+    entropy = -float(np.sum(probs[probs > 0] * log_probs[probs > 0]))
+    distance = np.abs(-log_probs - entropy)  # +inf where p is 0
+    order = np.argsort(distance, kind="stable")
+    cumulative = np.cumsum(probs[order])
+    last = min(int(np.count_nonzero(cumulative < mass)), probs.shape[0] - 1)
+    keep = distance <= distance[order[last]]
+    keep[order[0]] = True
+    return keep
 
 
 def sample_token(ids: np.ndarray | None, probs: np.ndarray, uniform: float) -> int:

@@ -44,6 +44,64 @@ def at_most(bound: int) -> Rule:
 
 
 POSITIVE = Rule(lambda v: v > 0, "must be a strictly positive number")
+UNIT = Rule(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+OPENAI_PENALTY = Rule(lambda v: -2.0 <= v <= 2.0, "must be in [-2, 2]")  # OpenAI's range
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range: -100..100
+
+
+def parse_logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """Token biases as (id, bias) pairs sorted by id, from OpenAI's JSON object {"id": bias},
+    the CLI's "ID=BIAS" strings, or (id, bias) pairs. ValueError(reason) refuses a malformed
+    entry, an id below 0, a bias outside -100..100 and an id given twice."""
+    pairs: dict[int, float] = {}
+    items = value.items() if isinstance(value, dict) else value
+    for item in items:
+        if isinstance(item, str):
+            token, sep, bias = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected ID=BIAS (a token id and a number), got {item!r}")
+            token_id, number = _int_text(token), _float_text(bias)
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            token, bias = item
+            token_id = _int_text(token) if isinstance(token, str) else token
+            number = bias
+        else:
+            raise ValueError(f"expected ID=BIAS (a token id and a number), got {item!r}")
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
+            raise ValueError(f"token ids must be integers >= 0, got {token!r}")
+        if not isinstance(number, int | float) or isinstance(number, bool):
+            raise ValueError(f"token {token_id}: the bias must be a number, got {bias!r}")
+        if not -MAX_LOGIT_BIAS <= number <= MAX_LOGIT_BIAS:
+            raise ValueError(f"token {token_id}: the bias must be in [-100, 100], got {number:g}")
+        if token_id in pairs:
+            raise ValueError(f"token {token_id} is given twice")
+        pairs[token_id] = float(number)
+    return tuple(sorted(pairs.items()))
+
+
+def _int_text(text: str) -> int | None:
+    """A decimal integer written as text (surrounding spaces allowed), else None."""
+    text = text.strip()
+    digits = text[1:] if text.startswith("-") else text
+    return int(text) if digits.isascii() and digits.isdigit() else None
+
+
+def _float_text(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def check_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int) -> None:
+    """Every biased token must be in the model's vocabulary (InputError naming logit_bias)."""
+    outside = [token for token, _ in bias if token >= vocab_size]
+    if outside:
+        raise InputError(
+            param="logit_bias",
+            reason=f"token id {outside[0]} is not in the model's vocabulary "
+            f"(ids 0 to {vocab_size - 1})",
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +119,12 @@ class Parameter:
     cli_short: str = ""  # a short CLI flag besides --name-with-dashes ("-n")
     cli_off: str = ""  # a bool's off switch ("--greedy" for --do-sample)
     metavar: str | None = None
+    implies_sampling: bool = False  # given explicitly on the CLI, it turns sampling on
+    # A front end's value (CLI strings, a request's JSON) as the field holds it; raises
+    # ValueError(reason) for a bad one. None: the value is the field's as it comes.
+    parse: Callable[[Any], Any] | None = None
+    json: type | None = None  # the JSON type a request gives it as, when not the derived one
+    field_type: Any = None  # the GenerationParams field's type, when not the derived one
 
     @property
     def field_default(self) -> Any:
@@ -70,13 +134,17 @@ class Parameter:
     @property
     def annotation(self) -> Any:
         """The GenerationParams field's type."""
+        if self.field_type is not None:
+            return self.field_type
         if self.repeated:
             return tuple[self.type, ...]
         return self.type if self.default is not None else self.type | None
 
     @property
     def json_type(self) -> type:
-        """The JSON type a request gives it as (int, float, bool, or list)."""
+        """The JSON type a request gives it as (int, float, bool, list, or dict)."""
+        if self.json is not None:
+            return self.json
         return list if self.repeated else self.type
 
     @property
@@ -88,6 +156,11 @@ class Parameter:
         """The reason `value` is refused (with the value), or None."""
         if value is None:
             return None
+        if self.parse is not None:
+            try:
+                value = self.parse(value)
+            except ValueError as exc:
+                return str(exc)
         for rule in self.rules:
             if not rule.ok(value):
                 return f"{rule.reason}, got {value!r}"
@@ -141,7 +214,51 @@ PARAMETERS: tuple[Parameter, ...] = (
         (Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),),
     ),
     Parameter(
+        "min_p",
+        float,
+        "Keep tokens at least this fraction as likely as the likeliest (0..1; off).",
+        None,
+        (UNIT,),
+        implies_sampling=True,
+    ),
+    Parameter(
+        "typical_p",
+        float,
+        "Typical sampling: keep this mass of the tokens nearest the entropy (1.0: off).",
+        1.0,
+        (Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),),
+        implies_sampling=True,
+    ),
+    Parameter(
         "repetition_penalty", float, "> 1 discourages seen tokens (1.0).", 1.0, (POSITIVE,)
+    ),
+    Parameter(
+        "presence_penalty",
+        float,
+        "Lower the logits of tokens generated so far by this (OpenAI; -2..2; 0).",
+        0.0,
+        (OPENAI_PENALTY,),
+        model_setting=False,
+    ),
+    Parameter(
+        "frequency_penalty",
+        float,
+        "Lower generated tokens' logits by this times their count (OpenAI; -2..2; 0).",
+        0.0,
+        (OPENAI_PENALTY,),
+        model_setting=False,
+    ),
+    Parameter(
+        "logit_bias",
+        str,
+        "Add BIAS (-100..100) to token ID's logit (repeatable; OpenAI's logit_bias).",
+        None,
+        repeated=True,
+        model_setting=False,
+        metavar="ID=BIAS",
+        parse=parse_logit_bias,
+        json=dict,
+        field_type=tuple[tuple[int, float], ...],
     ),
     Parameter(
         "no_repeat_ngram_size", int, "Never repeat an n-gram of this size.", 0, (at_least(0),)
@@ -211,16 +328,20 @@ class GenerationParams:
         eos_token_id: int | None = None,
         name: ParameterNamer | None = None,
         model_source: str = MODEL_SOURCE,
+        vocab_size: int | None = None,
     ) -> GenerationParams:
         """transformers' defaults, then the model's generation defaults, then `overrides`.
 
         `overrides` may also hold truncate_left; None values are ignored. Out-of-range values
         raise InputError naming the parameter (front ends render it; with `name` the message
         is rendered here); a value that comes from the model (`model_source`) is the model's
-        fault, a ModelError.
+        fault, a ModelError. With `vocab_size`, token ids (logit_bias) are checked against it.
         """
         try:
-            return cls._resolve(model_defaults, overrides, eos_token_id, model_source)
+            params = cls._resolve(model_defaults, overrides, eos_token_id, model_source)
+            if vocab_size is not None:
+                check_logit_bias(params.logit_bias, vocab_size)
+            return params
         except InputError as exc:
             if name is None:
                 raise
@@ -241,6 +362,12 @@ class GenerationParams:
         unknown = set(given) - known
         if unknown:
             raise InputError(param=sorted(unknown)[0], reason="unknown generation parameter")
+        for parameter in PARAMETERS:
+            if parameter.parse is not None and parameter.name in given:
+                try:
+                    given[parameter.name] = parameter.parse(given[parameter.name])
+                except ValueError as exc:
+                    raise InputError(param=parameter.name, reason=str(exc)) from None
         values.update(given)
         if given.get("max_length") is not None and "max_new_tokens" not in given:
             values["max_new_tokens"] = None  # an explicit max_length beats a default max_new_tokens

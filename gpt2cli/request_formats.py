@@ -43,6 +43,7 @@ _TYPE_NAMES = {
     float: "a number",
     bool: "true or false",
     list: "a string or a list of strings",
+    dict: "an object",
 }
 
 
@@ -273,6 +274,8 @@ def _check_type(name: str, value: Any, where: str) -> Any:
             value = [value]
         ok = isinstance(value, list) and all(isinstance(s, str) for s in value)
         value = tuple(value) if ok else value
+    elif expected is dict:  # checked further by the parameter's own parser (logit_bias)
+        ok = isinstance(value, dict)
     if not ok:
         raise InputError(f"{where}: expected {_TYPE_NAMES[expected]}, got {_json_type(value)}")
     return value

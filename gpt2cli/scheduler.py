@@ -34,8 +34,8 @@ from gpt2cli.decoding import (
     Prompt,
     check_context,
     encode_prompt,
-    filtered_distribution,
     fresh_seed,
+    params_distribution,
     plan_prompt,
     row_generator,
     sample_token,
@@ -414,10 +414,7 @@ class Scheduler:
             rows[i].processors(logits[i : i + 1])
         chosen = np.argmax(logits, axis=1) if len(sampled) < len(live) else None
         for i in sampled:
-            params = rows[i].params
-            ids, probs = filtered_distribution(
-                logits[i], params.temperature, params.top_k, params.top_p
-            )
+            ids, probs = params_distribution(logits[i], rows[i].params)
             tokens[i, 0] = sample_token(ids, probs, rows[i].rng.random())
         for i in live:
             row = rows[i]

@@ -104,6 +104,7 @@ class Session:
             eos_token_id=info.eos_token_id,
             name=name,
             model_source=str(self.located.directory / "generation_config.json"),
+            vocab_size=info.vocab_size,
         )
 
     def generate(

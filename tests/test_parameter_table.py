@@ -65,10 +65,13 @@ def test_cli_values_become_overrides() -> None:
 def test_the_request_format_accepts_every_entry(parameter: Parameter) -> None:
     assert PARAMETER_TYPES[parameter.name] is parameter.json_type
     sample = {int: 2, float: 0.5, bool: True, str: "x"}[parameter.type]
-    value = [sample] if parameter.repeated else sample
+    value: Any = [sample] if parameter.repeated else sample
+    if parameter.json_type is dict:  # an object, as OpenAI's logit_bias: {"id": bias}
+        value = {"7": 1.5}
     body = {"inputs": {"input_string": ["a"]}, "parameters": {parameter.name: value}}
     request = parse_request(json.dumps(body), "req.json")
-    assert request.parameters[parameter.name] == (tuple(value) if parameter.repeated else value)
+    expected = tuple(value) if parameter.json_type is list else value
+    assert request.parameters[parameter.name] == expected
 
 
 @pytest.mark.parametrize("parameter", PARAMETERS, ids=lambda p: p.name)
@@ -92,6 +95,8 @@ def test_defaults_are_transformers() -> None:
 def test_checks_come_from_the_table(parameter: Parameter) -> None:
     """A value each rule refuses is refused by GenerationParams, naming the parameter."""
     bad = {int: -(2**64), float: -1.0, str: ""}[parameter.type]
+    if parameter.type is float and parameter.problem(bad) is None:  # OpenAI's penalties
+        bad = 3.0
     value = (bad,) if parameter.repeated else bad
     assert parameter.problem(value) is not None
     with pytest.raises(InputError) as caught:
@@ -170,11 +175,11 @@ def test_the_listing_finder_finds_listings() -> None:
 
 
 NEW_ENTRY = """    Parameter(
-        "min_p",
+        "epsilon_cutoff",
         float,
-        "Keep tokens at least this fraction as likely as the likeliest.",
-        None,
-        (Rule(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),),
+        "Sample only tokens more likely than this.",
+        0.0,
+        (Rule(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),),
     ),
 """
 
@@ -184,7 +189,7 @@ from pathlib import Path
 import gpt2cli
 path = Path(gpt2cli.__file__).parent / "generation_params.py"
 source = path.read_text().replace("\\n)\\n\\nBY_NAME", "\\n" + {NEW_ENTRY!r} + ")\\n\\nBY_NAME", 1)
-assert "min_p" in source
+assert "epsilon_cutoff" in source
 spec = importlib.util.spec_from_loader("gpt2cli.generation_params", loader=None)
 module = importlib.util.module_from_spec(spec)
 module.__file__ = str(path)
@@ -198,21 +203,21 @@ from gpt2cli.errors import InputError
 from gpt2cli.request_formats import parse_request
 
 command = typer.main.get_command(app).commands["generate"]
-option = next(p for p in command.params if p.name == "min_p")
-request = parse_request('{{"input_data": ["a"], "params": {{"min_p": 0.1}}}}')
-params = GenerationParams.resolve({{}}, {{"min_p": 0.05}})
+option = next(p for p in command.params if p.name == "epsilon_cutoff")
+request = parse_request('{{"input_data": ["a"], "params": {{"epsilon_cutoff": 0.1}}}}')
+params = GenerationParams.resolve({{}}, {{"epsilon_cutoff": 0.05}})
 try:
-    GenerationParams.resolve({{}}, {{"min_p": 2.0}})
+    GenerationParams.resolve({{}}, {{"epsilon_cutoff": 2.0}})
     refused = None
 except InputError as exc:
     refused = exc.render(lambda name: "--" + name.replace("_", "-"))
-print(json.dumps([option.opts, request.parameters, params.min_p, refused]))
+print(json.dumps([option.opts, request.parameters, params.epsilon_cutoff, refused]))
 """
 
 
 def test_adding_an_entry_needs_no_other_edit() -> None:
-    """One more entry in the table (as `min_p` would be) reaches the CLI, the request format
-    and GenerationParams with its check, with no edit anywhere else."""
+    """One more entry in the table (as `epsilon_cutoff` would be) reaches the CLI, the request
+    format and GenerationParams with its check, with no edit anywhere else."""
     import subprocess
     import sys
 
@@ -221,5 +226,5 @@ def test_adding_an_entry_needs_no_other_edit() -> None:
     )
     assert result.returncode == 0, result.stderr
     opts, parameters, value, refused = json.loads(result.stdout)
-    assert opts == ["--min-p"] and parameters == {"min_p": 0.1} and value == 0.05
-    assert refused == "--min-p: must be in [0, 1], got 2.0"
+    assert opts == ["--epsilon-cutoff"] and parameters == {"epsilon_cutoff": 0.1} and value == 0.05
+    assert refused == "--epsilon-cutoff: must be in [0, 1), got 2.0"
