@@ -71,8 +71,8 @@ CASES: list[Case] = [
         max_seconds=30,
     ),
     Case(
-        "embed 20 MB --truncate keeps the head",
-        ("--quiet", "embed", "-m", "{model}", "--truncate"),
+        "embed 20 MB --truncate right keeps the head",
+        ("--quiet", "embed", "-m", "{model}", "--truncate", "right"),
         0,
         stdin=LONG_TEXT,
         model="tiny_onnx_dir",
