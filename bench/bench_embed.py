@@ -105,7 +105,7 @@ def gpt2cli_runner(variant: str, backend: str, dtype: str):  # noqa: ANN201
     options = EmbedOptions()
 
     def run(texts: list[str]) -> np.ndarray:
-        encoded = encode_texts(engine, texts, [str(i) for i in range(len(texts))], truncate=True)
+        encoded = encode_texts(engine, texts, [str(i) for i in range(len(texts))], truncate="right")
         return np.stack([e.vector for e in embed_encoded(engine, encoded, options)])
 
     return run

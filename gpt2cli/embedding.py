@@ -7,7 +7,7 @@ embedding output). Only numpy here: the engine runs on either backend through `B
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,18 +23,22 @@ MAX_BATCH_TOKENS = 16384  # padded tokens in one forward pass
 POOLINGS = ("mean", "last", "first", "none")
 
 
+TRUNCATIONS = ("none", "left", "right")  # which end of an over-long text is dropped
+
+
 @dataclass
 class Embedded:
     """The features of one text."""
 
     index: int
-    tokens: int  # tokens fed to the model (after truncation)
-    text_tokens: int  # tokens in the text (past the context, a lower bound: encoding stops)
+    token_count: int  # tokens fed to the model (after truncation)
+    text_tokens: int  # tokens in the text (past the context and without truncation, a lower bound)
     vector: np.ndarray  # (C,), or (tokens, C) with pooling none
 
     @property
-    def truncated(self) -> bool:
-        return self.tokens < self.text_tokens
+    def truncated_tokens(self) -> int:
+        """Tokens dropped by truncation (0 when none)."""
+        return self.text_tokens - self.token_count
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class EmbedOptions:
     layer: int | None = None  # None: last_hidden_state
     pooling: str = "mean"  # one of POOLINGS
     normalize: bool = False
-    truncate: bool = False
+    truncate: str = "none"  # one of TRUNCATIONS: none refuses a text longer than the context
     batch_size: int = DEFAULT_BATCH_SIZE
 
 
@@ -82,37 +86,52 @@ class Encoded:
 
 
 def encode_texts(
-    backend: Backend, texts: Sequence[str], sources: Sequence[str], truncate: bool
+    backend: Backend, texts: Sequence[str], sources: Sequence[str], truncate: str = "none"
 ) -> list[Encoded]:
-    """Tokenize `texts`; a text longer than the context is an InputError unless `truncate`,
-    which keeps its first tokens. A text is encoded only up to the context (in chunks that
-    encode exactly as the whole), so a long one costs no more than its first chunks."""
+    """Tokenize `texts`. A text longer than the context is an InputError under truncate "none";
+    "right" keeps its first tokens, "left" its last ones. A refused text is encoded only as far
+    as the context needs (in chunks that encode exactly as the whole), so a long one costs no
+    more than its first chunks; a truncated one is counted to the end."""
+    if truncate not in TRUNCATIONS:
+        raise InputError(
+            param="truncate",
+            reason=f"expected one of {', '.join(TRUNCATIONS)}, got {truncate!r}",
+        )
     context = backend.info.n_positions
+    tokenizer = backend.tokenizer
+    keep = {"none": "count", "right": "head", "left": "tail"}[truncate]
     encoded = []
     for text, source in zip(texts, sources, strict=True):
-        limited = encode_limited(
-            backend.tokenizer, text, context, "head" if truncate else "count", source
-        )
+        limited = encode_limited(tokenizer, text, context, keep, source)
         if not limited.total:
             raise InputError(
                 reason="the model's tokenizer gives no tokens for this text "
                 "(it is not empty: the tokenizer drops all of it)",
                 where=source,
             )
-        if limited.total > context and not truncate:
+        if limited.total > context and truncate == "none":
             raise InputError(
                 reason=f"{limited.count} tokens, more than the model's context of {context}",
-                hint="pass {truncate} to keep the first tokens",
+                hint="pass {truncate} right to keep the first tokens, or {truncate} left to "
+                "keep the last",
                 where=source,
             )
-        encoded.append(Encoded(limited.ids[:context], limited.total))
+        total = limited.total
+        if not limited.exact:  # the head stopped early: count the tokens it drops
+            total = encode_limited(tokenizer, text, 0, "tail", source).total
+        encoded.append(Encoded(limited.ids, total))
     return encoded
 
 
 def embed_encoded(
-    backend: Backend, encoded: Sequence[Encoded], options: EmbedOptions, first_index: int = 0
+    backend: Backend,
+    encoded: Sequence[Encoded],
+    options: EmbedOptions,
+    first_index: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Embedded]:
-    """Features of encoded texts, in order; batched by length to keep padding small."""
+    """Features of encoded texts, in order; batched by length to keep padding small.
+    `progress(n)` is called after each forward pass with the n tokens it embedded."""
     info = backend.info
     layer = info.hidden_state_index(info.n_layer if options.layer is None else options.layer)
     vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(encoded)
@@ -138,6 +157,8 @@ def embed_encoded(
         for row, i in enumerate(rows):
             vector = np.asarray(pooled[row], dtype=np.float32)
             vectors[i] = l2_normalize(vector) if options.normalize else vector
+        if progress is not None:
+            progress(int(mask.sum()))
     return [
         Embedded(first_index + i, len(item.ids), item.text_tokens, vector)
         for i, (item, vector) in enumerate(zip(encoded, vectors, strict=True))

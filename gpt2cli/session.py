@@ -166,7 +166,7 @@ class Session:
     # -- embed --------------------------------------------------------------------------------
 
     def encode_for_embedding(
-        self, texts: Sequence[str], sources: Sequence[str], truncate: bool
+        self, texts: Sequence[str], sources: Sequence[str], truncate: str = "none"
     ) -> list[Encoded]:
         """Texts tokenized for `embed` (embedding.encode_texts)."""
         from gpt2cli.embedding import encode_texts
@@ -174,9 +174,13 @@ class Session:
         return encode_texts(self.backend, texts, sources, truncate)
 
     def embed(
-        self, encoded: Sequence[Encoded], settings: EmbedOptions, first_index: int = 0
+        self,
+        encoded: Sequence[Encoded],
+        settings: EmbedOptions,
+        first_index: int = 0,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Embedded]:
         """Pooled hidden-state features of encoded texts (embedding.embed_encoded)."""
         from gpt2cli.embedding import embed_encoded
 
-        return embed_encoded(self.backend, encoded, settings, first_index)
+        return embed_encoded(self.backend, encoded, settings, first_index, progress)

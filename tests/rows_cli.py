@@ -213,10 +213,10 @@ CASES: list[Case] = [
     ),
     Case(
         "LC_ALL=C with non-ASCII JSON output",
-        ("tokenize", "--jsonl", "é"),
+        ("tokenize", "--jsonl", "--tokens", "--offsets", "é"),
         0,
         env={"LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "latin-1"},
-        stdout='{"source": "argument 1", "count": 1, "ids": [2634], "tokens": ["é"], '
-        '"token_bytes": ["c3a9"], "offsets": [[0, 1]]}\n'.encode(),
+        stdout='{"index": 0, "source": "argument 1", "ids": [2634], "pieces": ["é"], '
+        '"piece_bytes": ["c3a9"], "offsets": [[0, 1]], "token_count": 1}\n'.encode(),
     ),
 ]

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from gpt2cli.cli import cli_name
-from gpt2cli.embedding import EmbedOptions, embed_texts, l2_normalize, pool
+from gpt2cli.embedding import (
+    EmbedOptions,
+    embed_encoded,
+    embed_texts,
+    encode_texts,
+    l2_normalize,
+    pool,
+)
 from gpt2cli.errors import InputError
 from tests.clirun import assert_one_line_error, run_cli
 
@@ -105,9 +112,34 @@ def test_too_long_is_an_error_unless_truncated(torch_backend) -> None:  # noqa: 
     long_text = "word" + " word" * 1099
     with pytest.raises(InputError) as refused:
         embed_texts(torch_backend, [long_text], EmbedOptions())
-    assert refused.value.render(cli_name).endswith("(pass --truncate to keep the first tokens)")
-    (result,) = embed_texts(torch_backend, [long_text], EmbedOptions(truncate=True))
-    assert result.truncated and result.tokens == 1024 and result.text_tokens == 1100
+    assert refused.value.render(cli_name).endswith(
+        "(pass --truncate right to keep the first tokens, or --truncate left to keep the last)"
+    )
+    (result,) = embed_texts(torch_backend, [long_text], EmbedOptions(truncate="right"))
+    assert result.token_count == 1024 and result.text_tokens == 1100
+    assert result.truncated_tokens == 76
+
+
+def test_truncate_right_keeps_the_head_and_left_the_tail(torch_backend) -> None:  # noqa: ANN001
+    tokenizer = torch_backend.tokenizer
+    words = " ".join(f"w{i}" for i in range(1500))  # ids differ along the text
+    ids = tokenizer.encode(words)
+    texts, sources = [words], ["t"]
+    (right,) = encode_texts(torch_backend, texts, sources, "right")
+    (left,) = encode_texts(torch_backend, texts, sources, "left")
+    assert right.ids == ids[:1024] and left.ids == ids[-1024:]
+    assert right.text_tokens == left.text_tokens == len(ids)  # exact, not where encoding stopped
+    head = embed_texts(torch_backend, [tokenizer.decode(ids[:1024])], EmbedOptions())
+    tail = embed_texts(torch_backend, [tokenizer.decode(ids[-1024:])], EmbedOptions())
+    (got_right,) = embed_encoded(torch_backend, [right], EmbedOptions())
+    (got_left,) = embed_encoded(torch_backend, [left], EmbedOptions())
+    np.testing.assert_array_equal(got_right.vector, head[0].vector)
+    np.testing.assert_array_equal(got_left.vector, tail[0].vector)
+    assert got_left.truncated_tokens == len(ids) - 1024
+    with pytest.raises(InputError) as wrong:
+        encode_texts(torch_backend, texts, sources, "middle")
+    assert wrong.value.param == "truncate"
+    assert wrong.value.render(cli_name).startswith("--truncate: expected one of none, left, right")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +169,7 @@ def test_cli_jsonl_in_input_order(tiny_model_dir, tmp_path, torch_backend) -> No
     assert [r["source"] for r in records] == [f"{source}:{n}" for n in (1, 2, 3)]
     expected = embed_texts(torch_backend, TEXTS, EmbedOptions())
     for record, want in zip(records, expected, strict=True):
-        assert record["tokens"] == want.tokens and record["truncated"] is False
+        assert record["token_count"] == want.token_count and record["truncated_tokens"] == 0
         np.testing.assert_allclose(record["embedding"], want.vector, rtol=1e-5, atol=1e-6)
 
 
@@ -159,17 +191,59 @@ def test_cli_json_none_pooling_and_truncation(tiny_model_dir) -> None:  # noqa: 
     long_text = "word" + " word" * 1099
     refused = run_cli("embed", "-m", str(tiny_model_dir), "Fine.", long_text)
     assert "argument 2: 1100 tokens" in assert_one_line_error(refused, 2)
+    assert "--truncate right" in refused.err
     assert refused.out == ""  # nothing written before the error
 
     result = run_cli("embed", "-m", str(tiny_model_dir), "--format", "json", "--pooling", "none",
-                     "--truncate", "Fine.", long_text)  # fmt: skip
+                     "--truncate", "right", "Fine.", long_text)  # fmt: skip
     assert result.returncode == 0, result.err
     first, second = json.loads(result.out)
-    assert first["truncated"] is False and second["truncated"] is True
-    assert second["tokens"] == 1024
+    assert first["truncated_tokens"] == 0 and second["truncated_tokens"] == 76
+    assert second["token_count"] == 1024
     assert np.array(second["embedding"]).shape == (1024, 64)
     assert np.array(first["embedding"]).shape == (2, 64)
-    assert "1 of 2 texts" in result.err and "truncated" in result.err
+    assert "1 of 2 texts" in result.err and "their first 1024 tokens" in result.err
+    assert set(first) == {"index", "source", "token_count", "truncated_tokens", "embedding"}
+
+
+def test_cli_truncate_left_right_none(tiny_model_dir) -> None:  # noqa: ANN001
+    long_text = "start" + " word" * 1100 + " end"
+    args = ("embed", "-m", str(tiny_model_dir), "--pooling", "none", "--jsonl")
+    left = json.loads(run_cli(*args, "--truncate", "left", long_text).out)
+    right = json.loads(run_cli(*args, "--truncate", "RIGHT", long_text).out)
+    last = json.loads(run_cli(*args, " word" * 1023 + " end").out)
+    first = json.loads(run_cli(*args, "start" + " word" * 1023).out)
+    assert left["token_count"] == right["token_count"] == 1024
+    assert left["truncated_tokens"] == right["truncated_tokens"] == 1102 - 1024
+    np.testing.assert_allclose(left["embedding"], last["embedding"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(right["embedding"], first["embedding"], rtol=1e-5, atol=1e-6)
+    none = run_cli(*args, "--truncate", "none", long_text)
+    assert "1102 tokens, more than the model's context" in assert_one_line_error(none, 2)
+    bad = run_cli(*args, "--truncate", long_text)  # the old plain flag: a value is needed now
+    assert "--truncate" in assert_one_line_error(bad, 2)
+
+
+def test_cli_formats_prompt_and_newline(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
+    base = ("embed", "-m", str(tiny_model_dir))
+    jsonl = [json.loads(line) for line in run_cli(*base, "Hello", "-p", "world").out.splitlines()]
+    assert [r["source"] for r in jsonl] == ["argument 1", "argument 2"]
+    assert run_cli(*base, "--jsonl", "Hello").out == run_cli(*base, "Hello").out  # the default
+    as_array = json.loads(run_cli(*base, "--json", "Hello").out)
+    assert as_array == json.loads(run_cli(*base, "--format", "json", "Hello").out)
+    assert isinstance(as_array, list) and len(as_array) == 1
+    text = run_cli(*base, "--format", "text", "Hello", "world").out.splitlines()
+    assert len(text) == 2
+    np.testing.assert_allclose([float(v) for v in text[0].split()], jsonl[0]["embedding"],
+                               rtol=1e-6)  # fmt: skip
+    per_token = run_cli(*base, "--format", "text", "--pooling", "none", "Hello world", "Hi")
+    assert [len(line.split()) for line in per_token.out.split("\n")] == [64, 64, 0, 64, 0, 0]
+    # A piped text loses the line break echo adds, unless --keep-newline.
+    piped = json.loads(run_cli(*base, "-f", "-", input="Hello\n").out)
+    kept = json.loads(run_cli(*base, "--keep-newline", "-f", "-", input="Hello\n").out)
+    np.testing.assert_allclose(piped["embedding"], jsonl[0]["embedding"], rtol=1e-5, atol=1e-6)
+    assert piped["token_count"] == 1
+    assert kept["token_count"] == 2
+    assert "json and jsonl" in assert_one_line_error(run_cli(*base, "--json", "--jsonl", "x"), 2)
 
 
 @pytest.mark.parametrize(

@@ -75,9 +75,9 @@ def test_cli_export_validates_and_writes_everything(tiny_model_dir: Path, tmp_pa
     assert "already exists" in assert_one_line_error(refused, 2)
     assert (out / "model.onnx").read_bytes() == before
 
-    replaced = run_cli(
-        "export-onnx", str(tiny_model_dir), str(out), "--force", "--no-validate",
-        "--quantize", "int8", "--json",
+    replaced = run_cli(  # -m MODEL OUTDIR, as every other command takes -m
+        "export-onnx", "-m", str(tiny_model_dir), str(out), "--force", "--no-validate",
+        "--quantize", "int8", "--format", "json",
     )
     assert replaced.returncode == 0, replaced.err
     manifest = json.loads(replaced.out)
@@ -85,6 +85,37 @@ def test_cli_export_validates_and_writes_everything(tiny_model_dir: Path, tmp_pa
     assert manifest["quantization"]["method"] == "onnxruntime dynamic int8"
     assert json.loads((out / MANIFEST_NAME).read_text())["quantization"] is not None
     assert leftovers(out.parent) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["out"], "one argument (out) given: export-onnx MODEL OUTDIR, or -m MODEL OUTDIR"),
+        ([], "missing OUTDIR"),
+        (["-m", "{model}", "other", "out"], "and the MODEL argument 'other' differ; give one"),
+        (["-m", "", "out"], "--model: empty"),
+        (["{model}", "out", "--format", "jsonl"], "--format"),
+        (["{model}", "out", "--json", "--format", "text"], "json and text given together"),
+        # The same model both ways is fine: the OUTDIR check is what refuses this one.
+        (["-m", "{model}", "{model}", "."], ".: "),
+        (["-m", "{model}", "."], ".: "),
+    ],
+)
+def test_model_option_and_arguments(
+    tiny_model_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    args = [a.replace("{model}", str(tiny_model_dir)) for a in args]
+    result = run_cli("export-onnx", *args, cwd=str(tmp_path))
+    assert message in assert_one_line_error(result, 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_alias_prints_the_manifest_object(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    result = run_cli("export-onnx", "-m", str(tiny_model_dir), str(out), "--no-validate", "--json")
+    assert result.returncode == 0, result.err
+    manifest = json.loads(result.out)
+    assert isinstance(manifest, dict) and manifest == json.loads((out / MANIFEST_NAME).read_text())
 
 
 def test_failed_export_leaves_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:

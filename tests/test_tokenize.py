@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpt2cli.commands.tokenize import cut_tokens
 from gpt2cli.inputs import Source, iter_safe_chunks
 from gpt2cli.tokenizer import GPT2Tokenizer, token_offsets
 from tests.clirun import assert_one_line_error, run_cli
@@ -148,6 +149,51 @@ def test_streamed_chunks_match_whole_text(text, chunk):
     assert [i for c in chunks for i in tokenizer.encode(c)] == tokenizer.encode(text)
 
 
+def _valid_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(unicode_text, st.integers(0, 40), st.booleans(), st.integers(1, 7))
+def test_truncate_cuts_at_token_and_character_boundaries(text, limit, from_end, pieces):
+    tokenizer = _shared_tokenizer()
+    ids = tokenizer.encode(text)
+    size = max(1, len(ids) // pieces)
+    stream = [ids[i : i + size] for i in range(0, len(ids), size)]  # ids arrive in pieces
+    kept, total = cut_tokens(tokenizer, stream, limit, from_end)
+    assert total == len(ids) and len(kept) <= limit
+    room = min(limit, len(ids))
+    if from_end:
+        assert kept == ids[len(ids) - len(kept) :]
+        assert text.endswith(tokenizer.decode_bytes(kept).decode("utf-8"))
+        # The most tokens that still start on a character: nothing longer would do.
+        assert not any(_valid_utf8(tokenizer.decode_bytes(ids[len(ids) - j :]))
+                       for j in range(len(kept) + 1, room + 1))  # fmt: skip
+    else:
+        assert kept == ids[: len(kept)]
+        assert text.startswith(tokenizer.decode_bytes(kept).decode("utf-8"))
+        assert not any(_valid_utf8(tokenizer.decode_bytes(ids[:j]))
+                       for j in range(len(kept) + 1, room + 1))  # fmt: skip
+
+
+def test_truncate_head_stops_early_unless_counting():
+    tokenizer = _shared_tokenizer()
+    read = []
+
+    def stream():
+        for ids in ([1, 2], [3, 4], [5, 6]):
+            read.append(ids)
+            yield ids
+
+    assert cut_tokens(tokenizer, stream(), 2, count_all=False) == ([1, 2], 4)
+    assert len(read) == 2  # the piece after the limit decides the boundary; no more is read
+    assert cut_tokens(tokenizer, stream(), 2) == ([1, 2], 6)
+
+
 _TOKENIZER: list[GPT2Tokenizer] = []
 
 
@@ -199,20 +245,106 @@ def test_cli_tokens_and_offsets():
 
 
 def test_cli_json_and_jsonl():
-    objects = json.loads(run_cli("tokenize", "--json", "Hello world", "hé").out)
-    assert objects[0] == {
-        "source": "argument 1",
-        "count": 2,
-        "ids": [15496, 995],
-        "tokens": ["Hello", " world"],
-        "token_bytes": ["48656c6c6f", "20776f726c64"],
-        "offsets": [[0, 5], [5, 11]],
-    }
+    objects = json.loads(run_cli("tokenize", "--format", "json", "Hello world", "hé").out)
+    assert objects[0] == {"index": 0, "source": "argument 1", "ids": [15496, 995], "token_count": 2}
+    assert objects[1]["index"] == 1 and objects[1]["token_count"] == 2
+    full = json.loads(run_cli("tokenize", "--json", "--tokens", "--offsets", "Hello world").out)
+    assert full == [
+        {
+            "index": 0,
+            "source": "argument 1",
+            "ids": [15496, 995],
+            "pieces": ["Hello", " world"],
+            "piece_bytes": ["48656c6c6f", "20776f726c64"],
+            "offsets": [[0, 5], [5, 11]],
+            "token_count": 2,
+        }
+    ]
     lines = run_cli("tokenize", "--jsonl", "--count", "Hello world", "hé").out.splitlines()
     assert [json.loads(line) for line in lines] == [
-        {"source": "argument 1", "count": 2},
-        {"source": "argument 2", "count": 2},
+        {"index": 0, "source": "argument 1", "token_count": 2},
+        {"index": 1, "source": "argument 2", "token_count": 2},
     ]
+    # One text is still an array under json; the hidden aliases are the same as --format.
+    assert json.loads(run_cli("tokenize", "--json", "--count", "hé").out) == [
+        {"index": 0, "source": "argument 1", "token_count": 2}
+    ]
+    alias = run_cli("tokenize", "--jsonl", "x").out
+    assert alias == run_cli("tokenize", "--format", "jsonl", "x").out
+
+
+def test_cli_prompt_option_is_a_text():
+    result = run_cli("tokenize", "--count", "Hello world", "-p", "Hello, I'm a language model,")
+    assert result.out == "2\targument 1\n8\targument 2\n10\ttotal\n"
+    assert run_cli("tokenize", "--prompt", "Hello world").out == "15496 995\n"
+
+
+def test_cli_output_file(tmp_path):
+    target = tmp_path / "ids.txt"
+    result = run_cli("tokenize", "-o", str(target), "Hello world")
+    assert result.returncode == 0 and result.out == ""
+    assert target.read_text() == "15496 995\n"
+    refused = run_cli("tokenize", "-o", str(target), "-f", "/nonexistent/file")
+    assert "already exists" in assert_one_line_error(refused)  # before the input is read
+    replaced = run_cli("tokenize", "-o", str(target), "--force", "--jsonl", "--count", "hi")
+    assert replaced.returncode == 0
+    assert json.loads(target.read_text()) == {"index": 0, "source": "argument 1", "token_count": 1}
+    failed = run_cli("tokenize", "-o", str(tmp_path / "new.txt"), "x", "-f", "/nonexistent/file")
+    assert "no such file" in assert_one_line_error(failed)
+    assert not (tmp_path / "new.txt").exists()  # a failed run commits nothing
+    decoded = tmp_path / "text.txt"
+    assert run_cli("tokenize", "--decode", "-o", str(decoded), "15496 995").returncode == 0
+    assert decoded.read_bytes() == b"Hello world"
+
+
+def test_cli_truncate_head_and_tail():
+    text = "Hi 🤖 there, naïve café"  # 🤖 is three tokens: " \\xf0\\x9f", "\\xa4", "\\x96"
+    assert run_cli("tokenize", "--truncate", "1", text).out == "Hi"
+    assert run_cli("tokenize", "--truncate", "2", text).out == "Hi"  # not half a robot
+    assert run_cli("tokenize", "--truncate", "4", text).out == "Hi 🤖"
+    assert run_cli("tokenize", "--truncate", "0", text).out == ""
+    assert run_cli("tokenize", "--truncate", "1000", text).out == text
+    assert run_cli("tokenize", "--truncate", "2", "--from-end", text).out == ", naïve café"[1:]
+    assert run_cli("tokenize", "--truncate", "6", "--from-end", text).out == " there, naïve café"
+    assert run_cli("tokenize", "--truncate", "7", "--from-end", text).out == " 🤖 there, naïve café"
+    assert run_cli("tokenize", "--truncate", "8", "--from-end", text).out == text
+    japanese = "数字 12345 と日本語"  # every character two tokens: a cut may only fall between
+    assert run_cli("tokenize", "--truncate", "3", japanese).out == "数"
+    assert run_cli("tokenize", "--truncate", "3", "--from-end", japanese).out == "語"
+    assert run_cli("tokenize", "--truncate", "1", "--from-end", japanese).out == ""
+    records = run_cli("tokenize", "--truncate", "2", "--jsonl", text, "Hello world").out
+    assert [json.loads(line) for line in records.splitlines()] == [
+        {"index": 0, "source": "argument 1", "text": "Hi", "token_count": 1,
+         "truncated_tokens": 7},
+        {"index": 1, "source": "argument 2", "text": "Hello world", "token_count": 2,
+         "truncated_tokens": 0},
+    ]  # fmt: skip
+    tail = json.loads(run_cli("tokenize", "--json", "--truncate", "6", "--from-end", text).out)
+    assert tail == [{"index": 0, "source": "argument 1", "text": " there, naïve café",
+                     "token_count": 4, "truncated_tokens": 4}]  # fmt: skip
+
+
+def test_cli_truncate_keeps_exact_bytes_and_separates_texts(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes("one\r\ntwo 数字\n".encode())
+    assert run_cli("tokenize", "--truncate", "100", "-f", str(path)).stdout == path.read_bytes()
+    # Arguments carry no line break: one is put between texts, none after the last.
+    assert run_cli("tokenize", "--truncate", "1", "Hello world", "Hi there").out == "Hello\nHi"
+    lines = run_cli("tokenize", "--truncate", "1", "--lines", input="Hello world\nHi there\n")
+    assert lines.out == "Hello\nHi\n"
+
+
+def test_cli_truncate_streams_a_huge_text(tmp_path, tokenizer):
+    text = "alpha beta, 🤖 gamma's 12  delta.\n" * 100_000  # ~3.5 MB
+    path = tmp_path / "huge.txt"
+    path.write_text(text)
+    ids = tokenizer.encode(text)
+    head = run_cli("tokenize", "--truncate", "50000", "-f", str(path)).stdout
+    assert head == tokenizer.decode_bytes(ids[:50000])  # token 50001 starts a character here
+    record = json.loads(run_cli("tokenize", "--jsonl", "--truncate", "7", "--from-end",
+                                "-f", str(path)).out)  # fmt: skip
+    assert record["text"] == tokenizer.decode(ids[-7:])
+    assert record["token_count"] == 7 and record["truncated_tokens"] == len(ids) - 7
 
 
 def test_cli_decode_round_trip(tmp_path):
@@ -238,7 +370,15 @@ def test_cli_decode_round_trip(tmp_path):
         (["-f", "/nonexistent/file"], None, "no such file"),
         (["-f", "/"], None, "is a directory"),
         (["--threads", "0", "x"], None, "--threads"),
-        (["--json", "--jsonl", "x"], None, "exclusive"),
+        (["--json", "--jsonl", "x"], None, "json and jsonl given together"),
+        (["--format", "jsonl", "--json", "x"], None, "json and jsonl given together"),
+        (["--tokens", "--offsets", "x"], None, "need --format json or jsonl"),
+        (["--from-end", "x"], None, "--from-end needs --truncate N"),
+        (["--truncate", "2", "--tokens", "x"], None, "--tokens does not apply"),
+        (["--truncate", "2", "--decode", "x"], None, "exclusive"),
+        (["--truncate", "-1", "x"], None, "--truncate"),
+        (["--decode", "--json", "1"], None, "--format json does not apply"),
+        (["--count", "--tokens", "x"], None, "--count prints counts only"),
     ],
 )
 def test_cli_bad_input(args, stdin, message):

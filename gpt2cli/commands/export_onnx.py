@@ -11,7 +11,15 @@ from typing import Annotated
 import typer
 
 from gpt2cli import options
-from gpt2cli.outputs import log, show_progress, to_json
+from gpt2cli.errors import InputError
+from gpt2cli.outputs import Progress, log, to_json
+
+
+class ExportFormat(str, Enum):
+    """--format choices: one object about one export, so no jsonl."""
+
+    text = "text"
+    json = "json"
 
 
 class Quantization(str, Enum):
@@ -22,18 +30,34 @@ class Quantization(str, Enum):
 
 
 def export_onnx(
-    model: Annotated[
-        str,
-        typer.Argument(metavar="MODEL", help="Hub model id (gpt2, ...) or a local directory."),
-    ],
-    outdir: Annotated[
-        Path,
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="MODEL",
+            help="Hub model id (gpt2, ...) or a local directory; with -m MODEL, leave it out.",
+            show_default=False,
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
         typer.Argument(
             metavar="OUTDIR",
             help="Directory to create (written atomically; --force replaces only a previous "
             "export).",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    model_option: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="The model to export: Hub id (gpt2, ...) or a local directory (the same as the "
+            "MODEL argument).",
+            callback=options.check_model,
+        ),
+    ] = None,
     quantize: Annotated[
         Quantization | None,
         typer.Option(
@@ -49,8 +73,8 @@ def export_onnx(
     block_size: Annotated[
         int,
         typer.Option(
-            "--block-size", min=16, help="int4: weights per quantization block (16 to 256, a "
-            "power of two)."
+            "--block-size", metavar="N", min=16, help="int4: weights per quantization block "
+            "(16 to 256, a power of two)."
         ),
     ] = 32,
     validate: Annotated[
@@ -61,12 +85,20 @@ def export_onnx(
         ),
     ] = True,
     opset: Annotated[
-        int | None, typer.Option("--opset", min=14, help="ONNX opset (default: optimum's).")
+        int | None,
+        typer.Option("--opset", metavar="N", min=14, help="ONNX opset (default: optimum's)."),
     ] = None,
     force: options.Force = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the export manifest as JSON.")
-    ] = False,
+    output_format: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="text (default): the validation figure; json: the export manifest, one object.",
+            case_sensitive=False,
+            show_default=False,
+        ),
+    ] = None,
+    as_json: options.JsonFlag = False,
 ) -> None:
     """Export MODEL to ONNX in OUTDIR, for `--backend onnx` and optimum's ORTModelForCausalLM.
 
@@ -77,10 +109,8 @@ def export_onnx(
     """
     from gpt2cli.exporting import ExportOptions, export_model
 
-    def progress(message: str) -> None:
-        if show_progress():
-            log(message)
-
+    fmt = options.output_format(output_format, as_json)
+    model, outdir = _model_and_outdir([p for p in (first, second) if p is not None], model_option)
     settings = ExportOptions(
         quantize=quantize.value if quantize is not None else None,
         per_channel=per_channel,
@@ -90,16 +120,46 @@ def export_onnx(
         opset=opset,
     )
     results_shown = _stdout_open()  # checked before the export opens any file
-    manifest = export_model(model, outdir, settings, progress)
+    steps = 2 + bool(quantize) + bool(validate)  # export, graph edit, quantize, validate
+    with Progress(f"exporting {model}", total=steps, unit="steps") as progress:
+        started = False
+
+        def step(message: str) -> None:  # the engine names each step as it starts it
+            nonlocal started
+            if started:
+                progress.advance()
+            started = True
+            progress.update(description=message)
+
+        manifest = export_model(model, outdir, settings, step)
+        progress.update(completed=steps)
     total = sum(manifest["files"].values())
     log(f"wrote {outdir} ({total / 1e6:.1f} MB in {manifest['export_seconds']} s)")
     if not results_shown:  # `>&-`: the export is in OUTDIR, and the figure has nowhere to go
         return
-    if as_json:
+    if fmt == "json":
         sys.stdout.write(to_json(manifest, indent=2) + "\n")
     elif manifest["validation"] is not None:
         figure = manifest["validation"]["max_abs_logit_diff"]
         sys.stdout.write(f"max abs logit diff vs PyTorch: {figure:.3g}\n")
+
+
+def _model_and_outdir(paths: list[str], model_option: str | None) -> tuple[str, Path]:
+    """MODEL OUTDIR as arguments, or -m MODEL and OUTDIR; both forms at once only if they agree."""
+    if not paths:
+        raise InputError("missing OUTDIR: export-onnx MODEL OUTDIR, or -m MODEL OUTDIR")
+    if len(paths) == 1:
+        if model_option is None:
+            raise InputError(
+                f"one argument ({paths[0]}) given: export-onnx MODEL OUTDIR, or -m MODEL OUTDIR"
+            )
+        return model_option, Path(paths[0])
+    model, outdir = paths
+    if model_option is not None and model_option != model:
+        raise InputError(
+            f"--model: {model_option!r} and the MODEL argument {model!r} differ; give one"
+        )
+    return model, Path(outdir)
 
 
 def _stdout_open() -> bool:
