@@ -373,10 +373,17 @@ def test_the_default_length_stops_at_the_end_of_the_context(bare_model_dir: Path
     code, out, err = invoke("-m", model, "-n", "2", "--truncate", "left", "--format", "json",
                             too_long)
     assert code == 0 and json.loads(out)[0]["truncated_tokens"] == 2
-    code, out, err = invoke("-m", model, "--truncate", "left", "--format", "json", too_long)
-    record = json.loads(out)[0]
-    assert code == 0 and record["truncated_tokens"] == PIPELINE_MAX_NEW_TOKENS
-    assert record["token_count"] == 1024 - PIPELINE_MAX_NEW_TOKENS
+    # --truncate left makes room for the whole default budget instead (planning only here).
+    from gpt2cli.decoding import Prompt, encode_prompt, plan_prompt
+    from gpt2cli.tokenizer import GPT2Tokenizer
+
+    params = session_for(bare_model_dir).generation_params({"truncate_left": True})
+    prompt = Prompt(too_long)
+    encoded = encode_prompt(GPT2Tokenizer(), prompt, params, 1024)
+    (planned,) = plan_prompt(prompt, encoded, params, 1024, 0)
+    assert planned.budget == PIPELINE_MAX_NEW_TOKENS
+    assert planned.truncated_tokens == PIPELINE_MAX_NEW_TOKENS
+    assert len(planned.prompt_ids) == 1024 - PIPELINE_MAX_NEW_TOKENS
 
 
 def test_sampling_flags_turn_sampling_on(bare_model_dir: Path) -> None:
