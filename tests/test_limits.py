@@ -140,7 +140,8 @@ def _gpt2cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[byte
 def test_sequences_do_not_depend_on_the_batch_size(tiny_onnx_dir: Path):
     """A prompt's 20 sequences split over batches of 4 rows give the same bytes as one batch."""
     args = ("generate", "-m", str(tiny_onnx_dir), "--seed", "11", "--num-return-sequences", "20",
-            "--do-sample", "--max-new-tokens", "4", "--format", "jsonl", "Hello", "Once upon a time")
+            "--do-sample", "--max-new-tokens", "4", "--format", "jsonl", "Hello",
+            "Once upon a time")
     outputs = {size: _gpt2cli(*args, "-b", size) for size in ("4", "7", "32")}
     assert all(r.returncode == 0 and r.stderr == b"" for r in outputs.values())
     assert outputs["4"].stdout == outputs["7"].stdout == outputs["32"].stdout
