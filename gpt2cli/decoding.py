@@ -724,6 +724,9 @@ def encode_prompt(
     tokens are kept (memory bounded by a chunk, whatever the prompt's length)."""
     if params.max_new_tokens is None:
         return encode_limited(tokenizer, prompt.text, params.max_length - 1, "count", prompt.source)
+    if params.default_length and not params.truncate_left:
+        # A default budget shrinks to fit: any prompt shorter than the context is taken.
+        return encode_limited(tokenizer, prompt.text, context - 1, "count", prompt.source)
     room = max(context - params.max_new_tokens, 1)
     keep = "tail" if params.truncate_left else "count"
     return encode_limited(tokenizer, prompt.text, room, keep, prompt.source)
@@ -745,6 +748,14 @@ def plan_prompt(
             "(it is not empty: the tokenizer drops all of it)"
         )
     budget = params.new_token_budget(encoded.total)
+    if params.default_length and not params.truncate_left:
+        budget = min(budget, context - encoded.total)  # generate up to the end of the context
+        if budget < 1:
+            raise InputError(
+                f"{prompt.source}: the prompt is {encoded.count} tokens, which fills the model's "
+                f"context of {context} tokens (pass --truncate left to keep the end of the "
+                "prompt)"
+            )
     if budget < 1:
         raise InputError(
             f"{prompt.source}: the prompt is {encoded.count} tokens, which leaves nothing to "

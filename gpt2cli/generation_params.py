@@ -23,6 +23,13 @@ from gpt2cli.errors import InputError, ModelError, ParameterNamer
 MAX_NUM_RETURN_SEQUENCES = 128
 MODEL_FAULT = "a fault in the model's files"
 MODEL_SOURCE = "the model's generation config"
+# New tokens when the model's generation config sets no length: the default of the pinned
+# transformers text-generation pipeline (TextGenerationPipeline._default_generation_config,
+# 4.57). Unlike transformers' GenerationConfig default of max_length 20 in all, it never makes
+# an ordinary prompt fail, and a default budget stops at the end of the context.
+PIPELINE_MAX_NEW_TOKENS = 256
+# transformers' GenerationConfig default max_length: a model "sets" a length only with another.
+GLOBAL_MAX_LENGTH = 20
 # Hints may name `{greedy}`: do_sample false (the CLI's --greedy).
 GREEDY = "greedy"
 
@@ -119,12 +126,15 @@ class Parameter:
     cli_short: str = ""  # a short CLI flag besides --name-with-dashes ("-n")
     cli_off: str = ""  # a bool's off switch ("--greedy" for --do-sample)
     metavar: str | None = None
-    implies_sampling: bool = False  # given explicitly on the CLI, it turns sampling on
     # A front end's value (CLI strings, a request's JSON) as the field holds it; raises
     # ValueError(reason) for a bad one. None: the value is the field's as it comes.
     parse: Callable[[Any], Any] | None = None
     json: type | None = None  # the JSON type a request gives it as, when not the derived one
     field_type: Any = None  # the GenerationParams field's type, when not the derived one
+    cli_aliases: tuple[str, ...] = ()  # more long flags for the same option ("--temp")
+    # Giving it explicitly turns sampling on (unless do_sample is given too): a sampling
+    # warper that greedy decoding would ignore.
+    implies_sampling: bool = False
 
     @property
     def field_default(self) -> Any:
@@ -169,9 +179,20 @@ class Parameter:
 
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
-        "max_new_tokens", int, "New tokens to generate (beats --max-length).", None, (at_least(1),)
+        "max_new_tokens",
+        int,
+        "New tokens to generate, beats --max-length (default: the model's length, else "
+        f"{PIPELINE_MAX_NEW_TOKENS}, at most to the end of the context).",
+        None,
+        (at_least(1),),
+        cli_short="-n",
+        cli_aliases=("--n-predict",),
+        metavar="N",
     ),
-    Parameter("max_length", int, "Prompt plus new tokens, at most (gpt2: 50).", 20, (at_least(1),)),
+    Parameter(
+        "max_length", int, "Prompt plus new tokens, at most (replaces the default of new tokens).",
+        20, (at_least(1),),
+    ),
     Parameter("min_length", int, "No end-of-text before this total length.", 0, (at_least(0),)),
     Parameter(
         "min_new_tokens", int, "No end-of-text before this many new tokens.", None, (at_least(0),)
@@ -182,7 +203,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "Sequences per prompt (needs sampling).",
         1,
         (at_least(1), at_most(MAX_NUM_RETURN_SEQUENCES)),
-        cli_short="-n",
+        metavar="N",
     ),
     Parameter(
         "do_sample",
@@ -194,24 +215,28 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "temperature",
         float,
-        "Divide logits by this (1.0).",
+        "Divide logits by this (1.0); turns sampling on; 0: greedy.",
         1.0,
         (POSITIVE,),
         hint="for greedy decoding use {greedy}",
+        cli_aliases=("--temp",),
+        implies_sampling=True,
     ),
     Parameter(
         "top_k",
         int,
-        "Sample from the k most likely tokens; 0: all (50).",
+        "Sample from the k most likely tokens; 0: all (50); turns sampling on.",
         50,
         (Rule(lambda v: v >= 0, "must be >= 0 (0 disables top-k)"),),
+        implies_sampling=True,
     ),
     Parameter(
         "top_p",
         float,
-        "Sample from the nucleus of this mass (1.0).",
+        "Sample from the nucleus of this mass (1.0); turns sampling on.",
         1.0,
         (Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),),
+        implies_sampling=True,
     ),
     Parameter(
         "min_p",
@@ -298,6 +323,26 @@ def _table_fields(cls: type) -> type:
     return dataclass(frozen=True)(cls)
 
 
+SAMPLING_IMPLIED_BY: tuple[str, ...] = tuple(p.name for p in PARAMETERS if p.implies_sampling)
+
+
+def _sampling(values: dict[str, Any], given: dict[str, Any]) -> None:
+    """Sampling switched on by explicit sampling parameters (see GenerationParams.resolve)."""
+    implied = [name for name in SAMPLING_IMPLIED_BY if name in given]
+    if given.get("temperature") == 0 and given.get("do_sample") is not True:
+        values["do_sample"] = False  # temperature 0: greedy, as llama.cpp and the pipeline
+        values["temperature"] = BY_NAME["temperature"].default
+        implied.remove("temperature")
+        if "do_sample" not in given:
+            values["greedy_ignores"] = tuple(implied)
+            return
+    if "do_sample" not in given:
+        if implied:
+            values["do_sample"] = True
+    elif not given["do_sample"]:
+        values["greedy_ignores"] = tuple(implied)
+
+
 def greedy_aware(name: ParameterNamer) -> ParameterNamer:
     """`name`, also naming `{greedy}` as a front end that has no such switch would say it."""
 
@@ -318,6 +363,12 @@ class GenerationParams:
     truncate_left: bool = False
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
+    # max_new_tokens is the pipeline's default (no length from the model or the caller): a
+    # prompt too long for it gets fewer new tokens, up to the end of the context, not an error.
+    default_length: bool = False
+    # Parameters given explicitly that greedy decoding ignores (do_sample given false): the
+    # front end warns about each, so that no option is dropped silently.
+    greedy_ignores: tuple[str, ...] = ()
 
     @classmethod
     def resolve(
@@ -329,6 +380,7 @@ class GenerationParams:
         name: ParameterNamer | None = None,
         model_source: str = MODEL_SOURCE,
         vocab_size: int | None = None,
+        model_length: bool | None = None,
     ) -> GenerationParams:
         """transformers' defaults, then the model's generation defaults, then `overrides`.
 
@@ -336,9 +388,21 @@ class GenerationParams:
         raise InputError naming the parameter (front ends render it; with `name` the message
         is rendered here); a value that comes from the model (`model_source`) is the model's
         fault, a ModelError. With `vocab_size`, token ids (logit_bias) are checked against it.
+
+        Length: the model's max_new_tokens, else the model's max_length when `model_length`
+        says its generation config sets one (None: any max_length in `model_defaults` other
+        than transformers' 20), else PIPELINE_MAX_NEW_TOKENS, as the text-generation pipeline
+        does; an explicit max_length beats a default max_new_tokens.
+
+        Sampling: an explicit parameter marked `implies_sampling` (temperature, top_k, ...)
+        turns sampling on unless do_sample is given; with do_sample given false they are
+        listed in `greedy_ignores`. An explicit temperature of 0 means greedy decoding (as in
+        llama.cpp and the pipeline) unless do_sample is given true.
         """
         try:
-            params = cls._resolve(model_defaults, overrides, eos_token_id, model_source)
+            params = cls._resolve(
+                model_defaults, overrides, eos_token_id, model_source, model_length
+            )
             if vocab_size is not None:
                 check_logit_bias(params.logit_bias, vocab_size)
             return params
@@ -354,6 +418,7 @@ class GenerationParams:
         overrides: dict[str, Any],
         eos_token_id: int | None,
         model_source: str,
+        model_length: bool | None,
     ) -> GenerationParams:
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = dict(TRANSFORMERS_DEFAULTS)
@@ -368,9 +433,17 @@ class GenerationParams:
                     given[parameter.name] = parameter.parse(given[parameter.name])
                 except ValueError as exc:
                     raise InputError(param=parameter.name, reason=str(exc)) from None
+        if model_length is None:
+            model_length = model_defaults.get("max_length") not in (None, GLOBAL_MAX_LENGTH)
+        if values.get("max_new_tokens") is None and not model_length:
+            values["max_new_tokens"] = PIPELINE_MAX_NEW_TOKENS
+            values["default_length"] = True
         values.update(given)
+        if "max_new_tokens" in given or "max_length" in given:
+            values["default_length"] = False
         if given.get("max_length") is not None and "max_new_tokens" not in given:
             values["max_new_tokens"] = None  # an explicit max_length beats a default max_new_tokens
+        _sampling(values, given)
 
         eos = model_defaults.get("eos_token_id", eos_token_id)
         eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))

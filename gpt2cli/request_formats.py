@@ -14,6 +14,15 @@ Format B::
                 "return_full_text": true}}
 
 answered with a list of strings, one per input.
+
+The Hugging Face Inference API's shape (its text-generation pipeline)::
+
+    {"inputs": "Once upon a time,", "parameters": {"max_new_tokens": 20}}
+    {"inputs": ["Once upon a time,", "Hello"], "parameters": {...}, "options": {...}}
+
+answered as that API answers: for one string, a list of {"generated_text": ...} objects (one per
+return sequence); for a list, such a list per input. "options" (use_cache, wait_for_model,
+use_gpu) steer the hosted service and are accepted and ignored; "stream" may only be false.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ from gpt2cli.generation_params import PARAMETERS
 MAX_INPUTS = 1024
 FORMAT_A: Literal["A"] = "A"
 FORMAT_B: Literal["B"] = "B"
+FORMAT_HF: Literal["HF"] = "HF"
+# The hosted Inference API's service options: checked, then ignored (nothing to steer here).
+HF_OPTIONS = ("use_cache", "wait_for_model", "use_gpu")
 
 # Request parameters and their JSON types: the generation parameters (transformers'
 # text-generation names), and return_full_text, which shapes the answer.
@@ -51,15 +63,16 @@ _TYPE_NAMES = {
 class GenerationRequest:
     """A parsed request: its prompts, its generation parameters, and how to answer."""
 
-    shape: Literal["A", "B"]
+    shape: Literal["A", "B", "HF"]
     source: str
     prompts: list[str]
     parameters: dict[str, Any]  # generation parameters (return_full_text excluded)
     return_full_text: bool | None
+    single: bool = False  # HF shape: "inputs" was one string, not a list
 
     @property
     def parameters_key(self) -> str:
-        return "parameters" if self.shape == FORMAT_A else "params"
+        return "params" if self.shape == FORMAT_B else "parameters"
 
     def field(self, parameter: str) -> str:
         """How to name a parameter in an error message."""
@@ -67,14 +80,17 @@ class GenerationRequest:
 
     def prompt_source(self, index: int) -> str:
         """How to name a prompt in messages."""
-        where = "inputs.input_string" if self.shape == FORMAT_A else "input_data"
+        if self.single:
+            return f"{self.source}: inputs"
+        where = {FORMAT_A: "inputs.input_string", FORMAT_B: "input_data"}.get(self.shape, "inputs")
         return f"{self.source}: {where}[{index}]"
 
     def answer(self, texts: Sequence[Sequence[str]]) -> list:
         """The response for `texts`: per input, its generated texts (one or more)."""
-        if self.shape == FORMAT_A:
-            return [[{"generated_text": t} for t in per_input] for per_input in texts]
-        return [per_input[0] for per_input in texts]
+        if self.shape == FORMAT_B:
+            return [per_input[0] for per_input in texts]
+        answers = [[{"generated_text": t} for t in per_input] for per_input in texts]
+        return answers[0] if self.single else answers
 
 
 def parse_request(
@@ -99,20 +115,36 @@ def parse_request(
         raise InputError(f"{source}: expected a JSON object with 'inputs' or 'input_data'")
     if ("inputs" in body) == ("input_data" in body):
         raise InputError(
-            f"{source}: expected exactly one of 'inputs' (format A) or 'input_data' (format B)"
+            f"{source}: expected exactly one of 'inputs' (format A or the Inference API's) or "
+            "'input_data' (format B)"
         )
-    if "inputs" in body:
+    single = False
+    if "input_data" in body:
+        shape, allowed, params_key = FORMAT_B, {"input_data", "params"}, "params"
+        prompts = _prompts(body["input_data"], f"{source}: input_data")
+    elif isinstance(body["inputs"], dict):
         shape, allowed, params_key = FORMAT_A, {"inputs", "parameters"}, "parameters"
         inputs = body["inputs"]
-        if not isinstance(inputs, dict) or "input_string" not in inputs:
+        if "input_string" not in inputs:
             raise InputError(f"{source}: inputs: expected an object with 'input_string'")
         extra = sorted(set(inputs) - {"input_string"})
         if extra:
             raise InputError(f"{source}: inputs.{extra[0]}: unknown field")
         prompts = _prompts(inputs["input_string"], f"{source}: inputs.input_string")
+    elif isinstance(body["inputs"], str | list):
+        shape, params_key = FORMAT_HF, "parameters"
+        allowed = {"inputs", "parameters", "options", "stream"}
+        single = isinstance(body["inputs"], str)
+        if single:
+            prompts = [_prompt(body["inputs"], f"{source}: inputs")]
+        else:
+            prompts = _prompts(body["inputs"], f"{source}: inputs")
+        _check_service_fields(body, source)
     else:
-        shape, allowed, params_key = FORMAT_B, {"input_data", "params"}, "params"
-        prompts = _prompts(body["input_data"], f"{source}: input_data")
+        raise InputError(
+            f"{source}: inputs: expected a string, a list of strings, or an object with "
+            f"'input_string', got {_json_type(body['inputs'])}"
+        )
     extra = sorted(set(body) - allowed)
     if extra:
         raise InputError(f"{source}: {extra[0]}: unknown field")
@@ -127,7 +159,7 @@ def parse_request(
         if value is not None
     }
     return_full_text = parameters.pop("return_full_text", None)
-    request = GenerationRequest(shape, source, prompts, parameters, return_full_text)
+    request = GenerationRequest(shape, source, prompts, parameters, return_full_text, single)
     if shape == FORMAT_B and parameters.get("num_return_sequences", 1) != 1:
         raise InputError(
             f"{request.field('num_return_sequences')}: format B answers one string per input; "
@@ -242,14 +274,39 @@ def _prompts(value: Any, where: str) -> list[str]:
             f"{where}: {len(value)} inputs, more than the {MAX_INPUTS} a request may hold "
             "(split the request, or give the prompts with -f FILE --lines)"
         )
-    for index, prompt in enumerate(value):
-        if not isinstance(prompt, str):
-            raise InputError(f"{where}[{index}]: expected a string, got {_json_type(prompt)}")
-        if not prompt.strip():
-            raise InputError(f"{where}[{index}]: the prompt is empty")
-        if "\0" in prompt:
-            raise InputError(f"{where}[{index}]: contains a NUL character")
+    return [_prompt(prompt, f"{where}[{index}]") for index, prompt in enumerate(value)]
+
+
+def _prompt(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{where}: expected a string, got {_json_type(value)}")
+    if not value.strip():
+        raise InputError(f"{where}: the prompt is empty")
+    if "\0" in value:
+        raise InputError(f"{where}: contains a NUL character")
     return value
+
+
+def _check_service_fields(body: dict[str, Any], source: str) -> None:
+    """The Inference API's "options" (service switches, ignored here) and "stream" (only
+    false: the answer is one JSON document)."""
+    options = body.get("options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise InputError(f"{source}: options: expected an object, got {_json_type(options)}")
+        for key, value in options.items():
+            if key not in HF_OPTIONS:
+                raise InputError(f"{source}: options.{key}: unknown field")
+            if not isinstance(value, bool):
+                raise InputError(
+                    f"{source}: options.{key}: expected true or false, got {_json_type(value)}"
+                )
+    stream = body.get("stream")
+    if stream not in (None, False):
+        raise InputError(
+            f"{source}: stream: must be false, got {_json_type(stream)} (the answer is one JSON "
+            "document; for text as it is generated use --stream without --request)"
+        )
 
 
 def _check_type(name: str, value: Any, where: str) -> Any:

@@ -9,12 +9,15 @@ requests and print.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gpt2cli.backends.base import Backend, ModelInfo
+    import numpy as np
+
+    from gpt2cli.backends.base import Backend, ForwardResult, ModelInfo
     from gpt2cli.decoding import GeneratedSequence, GenerationParams, Prompt
     from gpt2cli.embedding import Embedded, EmbedOptions, Encoded
     from gpt2cli.loader import LocatedModel
@@ -51,6 +54,42 @@ def open_model(options: ModelOptions, *, load: bool = True) -> Session:
     return session
 
 
+@dataclass
+class Timings:
+    """Where a generate run's time went (llama.cpp's timings block): seconds and tokens."""
+
+    load_s: float = 0.0  # loading the weights
+    prompt_s: float = 0.0  # forward passes over prompt tokens (prefill)
+    generate_s: float = 0.0  # the rest of generation: decode steps, sampling, output
+    prompt_tokens: int = 0  # prompt tokens of every row (prompt x sequence)
+    generated_tokens: int = 0
+
+
+class _TimedBackend:
+    """A backend whose prefill forward passes (no logits wanted) are timed into `timings`."""
+
+    def __init__(self, backend: Backend, timings: Timings) -> None:
+        self._backend = backend
+        self._timings = timings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: Any = None,
+        **kwargs: Any,
+    ) -> ForwardResult:
+        start = time.perf_counter()
+        result = self._backend.forward(input_ids, attention_mask, position_ids, cache, **kwargs)
+        if kwargs.get("logits") == "none":
+            self._timings.prompt_s += time.perf_counter() - start
+        return result
+
+
 class Session:
     """An opened model: its config now, its weights on first use."""
 
@@ -60,6 +99,7 @@ class Session:
         self.located = located
         self.options = options
         self._backend = backend
+        self.load_seconds = 0.0  # how long load() took
 
     @classmethod
     def from_backend(cls, backend: Backend) -> Session:
@@ -85,7 +125,9 @@ class Session:
             from gpt2cli.loader import load_backend
 
             o = self.options
+            start = time.perf_counter()
             self._backend = load_backend(self.located, o.backend, o.device, o.dtype, o.threads)
+            self.load_seconds = time.perf_counter() - start
         return self._backend
 
     # -- generate -----------------------------------------------------------------------------
@@ -94,7 +136,8 @@ class Session:
         self, overrides: dict[str, Any], name: Callable[[str], str] | None = None
     ) -> GenerationParams:
         """transformers' defaults, then this model's generation config, then `overrides`;
-        checked (before any weights load), errors naming parameters with `name`."""
+        checked (before any weights load), errors naming parameters with `name`. The length
+        default is the text-generation pipeline's (GenerationParams.resolve)."""
         from gpt2cli.decoding import GenerationParams
 
         info = self.info
@@ -105,6 +148,25 @@ class Session:
             name=name,
             model_source=str(self.located.directory / "generation_config.json"),
             vocab_size=info.vocab_size,
+            model_length=self.config_sets_length(),
+        )
+
+    def config_sets_length(self) -> bool:
+        """Whether the model's generation_config.json sets a length (max_new_tokens, or a
+        max_length other than transformers' 20). The pipeline looks there only: a max_length
+        in config.json's task_specific_params (gpt2's 50) does not replace its default of new
+        tokens."""
+        from gpt2cli.generation_params import GLOBAL_MAX_LENGTH
+        from gpt2cli.model_files import read_json_settings
+
+        path = self.located.directory / "generation_config.json"
+        if not path.is_file():
+            return False
+        settings = read_json_settings(path)  # checked when the model was located
+        if not isinstance(settings, dict):
+            return False
+        return settings.get("max_new_tokens") is not None or settings.get("max_length") not in (
+            None, GLOBAL_MAX_LENGTH,
         )
 
     def generate(
@@ -115,15 +177,21 @@ class Session:
         batch_size: int = 8,
         max_tokens: int | None = None,
         name: Callable[[str], str] | None = None,
+        timings: Timings | None = None,
     ) -> Iterator[GenerationUpdate]:
         """Step updates while `prompts` (read as rows free up) are generated with continuous
         batching: each lists the sequences planned since the last, in input order; they fill
-        in as the following steps run."""
+        in as the following steps run. With `timings`, prefill time is added to it (the caller
+        counts tokens and the rest of the time)."""
         from gpt2cli.errors import plain_name
         from gpt2cli.scheduler import decode
 
+        backend: Any = self.backend
+        if timings is not None:
+            timings.load_s = self.load_seconds
+            backend = _TimedBackend(backend, timings)
         return decode(
-            self.backend, prompts, params, max_rows=batch_size, max_tokens=max_tokens,
+            backend, prompts, params, max_rows=batch_size, max_tokens=max_tokens,
             name=name or plain_name,
         )
 

@@ -124,16 +124,16 @@ CASES: list[Case] = [
     ),
     # Item 7: fan-out capped up front, before the weights load.
     Case(
-        "generate -n 1000000",
-        ("generate", "-m", "{model}", "-n", "1000000", "hi"),
+        "generate --num-return-sequences 1000000",
+        ("generate", "-m", "{model}", "--num-return-sequences", "1000000", "hi"),
         2,
         "--num-return-sequences: must be at most 128, got 1000000",
         model="tiny_onnx_dir",
         max_seconds=30,
     ),
     Case(
-        "generate -n 129",
-        ("generate", "-m", "{model}", "--do-sample", "-n", "129", "hi"),
+        "generate --num-return-sequences 129",
+        ("generate", "-m", "{model}", "--do-sample", "--num-return-sequences", "129", "hi"),
         2,
         "--num-return-sequences: must be at most 128, got 129",
         model="tiny_onnx_dir",
@@ -166,8 +166,8 @@ CASES: list[Case] = [
         model="tiny_onnx_dir",
     ),
     Case(
-        "generate -n 128 streams through batches of 8 rows",
-        ("generate", "-m", "{model}", "--do-sample", "-n", "128", "--max-new-tokens", "2",
+        "generate --num-return-sequences 128 streams through batches of 8 rows",
+        ("generate", "-m", "{model}", "--do-sample", "--num-return-sequences", "128", "-n", "2",
          "--format", "jsonl", "hi"),
         0,
         model="tiny_onnx_dir",

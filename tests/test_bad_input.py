@@ -174,7 +174,7 @@ MODEL_CASES = [
         (*GENERATE, "--request", "req.json"),
         2,
         "req.json: inputs: expected an object with 'input_string'",
-        files=request('{"inputs": ["My name is"]}'),
+        files=request('{"inputs": {"text": ["My name is"]}}'),
         model="tiny_onnx_dir",
     ),
     Case(

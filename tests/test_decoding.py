@@ -301,7 +301,7 @@ def test_resolve_follows_model_defaults_then_overrides() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"temperature": 0.0}, "--temperature: must be a strictly positive number, got 0.0"),
+        ({"temperature": -1.0}, "--temperature: must be a strictly positive number, got -1.0"),
         ({"top_p": 1.5}, "--top-p: must be in (0, 1]"),
         ({"top_k": -1}, "--top-k: must be >= 0"),
         ({"max_new_tokens": 0}, "--max-new-tokens: must be >= 1"),

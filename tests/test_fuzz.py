@@ -213,7 +213,7 @@ def _check_request(body: str) -> None:
         # (Control characters it quotes from the body are escaped by cli.run: one stderr line.)
         assert exc.message.startswith("req.json: ")
         return
-    assert request.shape in ("A", "B")
+    assert request.shape in ("A", "B", "HF")
     assert request.prompts and all(isinstance(p, str) and p.strip() for p in request.prompts)
     for name, value in request.parameters.items():
         expected = PARAMETER_TYPES[name]
@@ -230,12 +230,14 @@ def test_any_request_body_parses_or_fails_cleanly(body: str) -> None:
 
 
 @FUZZ
-@given(shape=st.sampled_from("AB"), prompts=PROMPTS, parameters=PARAMETERS, extra=JSON_VALUES)
-def test_requests_of_both_shapes_parse_or_fail_cleanly(
+@given(shape=st.sampled_from("ABH"), prompts=PROMPTS, parameters=PARAMETERS, extra=JSON_VALUES)
+def test_requests_of_every_shape_parse_or_fail_cleanly(
     shape: str, prompts: object, parameters: dict, extra: object
 ) -> None:
     if shape == "A":
         body = {"inputs": {"input_string": prompts}, "parameters": parameters}
+    elif shape == "H":  # the Inference API's: a string or a list of strings
+        body = {"inputs": prompts, "parameters": parameters}
     else:
         body = {"input_data": prompts, "params": parameters}
     if isinstance(extra, dict):

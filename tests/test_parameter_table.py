@@ -41,13 +41,17 @@ def test_the_cli_covers_the_table(parameter: Parameter) -> None:
     assert option.rich_help_panel.startswith("Generation")  # type: ignore[attr-defined]
     if parameter.cli_short:
         assert parameter.cli_short in option.opts
+    assert all(alias in option.opts for alias in parameter.cli_aliases)
     if parameter.cli_off:
         assert option.secondary_opts == [parameter.cli_off]
 
 
 def test_todays_spellings() -> None:
+    """llama.cpp's habits: -n/--n-predict is --max-new-tokens, --temp is --temperature."""
     options = generate_options()
-    assert "-n" in options["num_return_sequences"].opts
+    assert options["max_new_tokens"].opts == ["--max-new-tokens", "--n-predict", "-n"]
+    assert options["num_return_sequences"].opts == ["--num-return-sequences"]  # no short flag
+    assert options["temperature"].opts == ["--temperature", "--temp"]
     assert "-t" not in options["temperature"].opts  # -t is --threads, as in llama.cpp
     assert options["do_sample"].opts == ["--do-sample"]
     assert options["do_sample"].secondary_opts == ["--greedy"]
@@ -103,6 +107,63 @@ def test_checks_come_from_the_table(parameter: Parameter) -> None:
         GenerationParams.resolve({}, {"do_sample": True, parameter.name: value})
     assert caught.value.param == parameter.name
     assert "--" not in caught.value.render()  # the engine spells no flag
+
+
+SAMPLING = [p for p in PARAMETERS if p.implies_sampling]
+
+
+def a_valid_value(parameter: Parameter) -> Any:
+    """A value in range for any sampling parameter (0.5 for a float, 2 for an int)."""
+    return {int: 2, float: 0.5, bool: True, str: "x"}[parameter.type]
+
+
+def test_the_sampling_parameters() -> None:
+    names = [p.name for p in SAMPLING]
+    assert {"temperature", "top_k", "top_p"} <= set(names)
+    assert generation_params.SAMPLING_IMPLIED_BY == tuple(names)
+
+
+@pytest.mark.parametrize("parameter", SAMPLING, ids=lambda p: p.name)
+def test_sampling_parameters_turn_sampling_on(parameter: Parameter) -> None:
+    """Given explicitly, a sampling parameter samples unless do_sample is given: with
+    do_sample false it is listed for a warning, never dropped silently."""
+    value = a_valid_value(parameter)
+    params = GenerationParams.resolve({}, {parameter.name: value})
+    assert params.do_sample and params.greedy_ignores == ()
+    params = GenerationParams.resolve({}, {parameter.name: value, "do_sample": False})
+    assert not params.do_sample and params.greedy_ignores == (parameter.name,)
+    params = GenerationParams.resolve({"do_sample": True}, {"do_sample": False})
+    assert not params.do_sample and params.greedy_ignores == ()
+    # A model's own sampling settings imply nothing (gpt2's top_k 50 is everyone's default).
+    assert not GenerationParams.resolve({parameter.name: value}, {}).do_sample
+
+
+def test_temperature_zero_means_greedy() -> None:
+    params = GenerationParams.resolve({"do_sample": True}, {"temperature": 0.0})
+    assert not params.do_sample and params.temperature == 1.0 and params.greedy_ignores == ()
+    params = GenerationParams.resolve({}, {"temperature": 0.0, "top_p": 0.5})
+    assert not params.do_sample and params.greedy_ignores == ("top_p",)
+    with pytest.raises(InputError) as caught:
+        GenerationParams.resolve({}, {"temperature": 0.0, "do_sample": True})
+    assert caught.value.param == "temperature"
+
+
+def test_the_length_default() -> None:
+    """The pinned text-generation pipeline's: max_new_tokens 256 unless the model sets a length
+    (a max_length other than transformers' 20, or max_new_tokens)."""
+    default = generation_params.PIPELINE_MAX_NEW_TOKENS
+    for model in ({}, {"max_length": 20}):
+        params = GenerationParams.resolve(model, {})
+        assert params.max_new_tokens == default and params.default_length
+    params = GenerationParams.resolve({"max_length": 50}, {})
+    assert params.max_new_tokens is None and params.max_length == 50
+    params = GenerationParams.resolve({"max_length": 50}, {}, model_length=False)  # gpt2
+    assert params.max_new_tokens == default and params.default_length
+    assert GenerationParams.resolve({"max_new_tokens": 9}, {}).max_new_tokens == 9
+    given = GenerationParams.resolve({}, {"max_new_tokens": 9})
+    assert given.max_new_tokens == 9 and not given.default_length
+    given = GenerationParams.resolve({}, {"max_length": 30})
+    assert given.max_new_tokens is None and not given.default_length
 
 
 # --- no other module lists the parameters ----------------------------------------------------

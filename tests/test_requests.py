@@ -1,4 +1,5 @@
-"""`generate --request`: the model cards' request formats A and B, and their answers."""
+"""`generate --request`: the model cards' request formats A and B, the Inference API's shape,
+and their answers."""
 
 from __future__ import annotations
 
@@ -58,9 +59,24 @@ def test_parameter_types_are_normalised() -> None:
     [
         ("{", "r.json: not valid JSON (line 1, column 2"),
         ("[]", "r.json: expected a JSON object with 'inputs' or 'input_data'"),
-        ({"prompt": "x"}, "exactly one of 'inputs' (format A) or 'input_data' (format B)"),
+        ({"prompt": "x"}, "exactly one of 'inputs' (format A or the Inference API's) or "),
         ({"inputs": ["x"], "input_data": ["x"]}, "exactly one of"),
-        ({"inputs": "x"}, "r.json: inputs: expected an object with 'input_string'"),
+        ({"inputs": {"text": "x"}}, "r.json: inputs: expected an object with 'input_string'"),
+        (
+            {"inputs": 3},
+            "r.json: inputs: expected a string, a list of strings, or an object with "
+            "'input_string', got the number 3",
+        ),
+        ({"inputs": " "}, "r.json: inputs: the prompt is empty"),
+        ({"inputs": []}, "r.json: inputs: expected a non-empty list of strings"),
+        ({"inputs": ["x", None]}, "r.json: inputs[1]: expected a string, got null"),
+        ({"inputs": "x", "params": {}}, "r.json: params: unknown field"),
+        ({"inputs": "x", "parameters": {"max_time": 3}}, "parameters.max_time: unknown parameter"),
+        ({"inputs": "x", "options": []}, "r.json: options: expected an object, got a list"),
+        ({"inputs": "x", "options": {"use_gpu": 1}}, "options.use_gpu: expected true or false"),
+        ({"inputs": "x", "options": {"retry": True}}, "r.json: options.retry: unknown field"),
+        ({"inputs": "x", "stream": True}, "r.json: stream: must be false, got true"),
+        ({"inputs": {"input_string": ["x"]}, "options": {}}, "r.json: options: unknown field"),
         ({"inputs": {"input_string": ["x"], "extra": 1}}, "r.json: inputs.extra: unknown field"),
         ({"inputs": {"input_string": []}}, "inputs.input_string: expected a non-empty list"),
         ({"inputs": {"input_string": ["x", 3]}}, "inputs.input_string[1]: expected a string"),
@@ -127,19 +143,30 @@ def test_format_b_answer_shape_from_stdin(tiny_model_dir: Path) -> None:
         "-m", str(tiny_model_dir), "--greedy", "--max-new-tokens", "5", "--no-return-full-text",
         "--format", "json", *FORMAT_B["input_data"],
     )
-    assert [r["generated_text"] for r in json.loads(out)] == answer
+    assert [r["sequences"][0]["generated_text"] for r in json.loads(out)] == answer
 
 
 def test_request_parameters_override_options(tiny_model_dir: Path) -> None:
+    """The request wins; each flag it overrides is reported on stderr."""
     body = {"input_data": ["Hello"], "params": {"max_new_tokens": 3, "return_full_text": False}}
     args = ("-m", str(tiny_model_dir), "--greedy", "--max-new-tokens", "9", "--request", "-")
-    code, out, _ = invoke(*args, stdin=json.dumps(body))
+    code, out, err = invoke(*args, "--return-full-text", stdin=json.dumps(body))
     short = json.loads(out)[0]
+    assert err.splitlines() == [
+        "gpt2cli: warning: --max-new-tokens 9 is overridden by <stdin>: params.max_new_tokens 3 "
+        "(a request's parameters win over flags)",
+        "gpt2cli: warning: --return-full-text is overridden by <stdin>: params.return_full_text "
+        "false (a request's parameters win over flags)",
+    ]
     code, out, _ = invoke(
         "-m", str(tiny_model_dir), "--greedy", "--max-new-tokens", "3", "--format", "jsonl",
         "--no-return-full-text", "Hello",
     )
-    assert short == json.loads(out)["generated_text"]
+    assert short == json.loads(out)["sequences"][0]["generated_text"]
+    # Flags the request leaves unset apply, and an equal value is no conflict.
+    same = ("-m", str(tiny_model_dir), "--max-new-tokens", "3", "--greedy", "--request", "-")
+    code, out, err = invoke(*same, stdin=json.dumps(body))
+    assert code == 0 and err == "" and json.loads(out)[0] == short
 
 
 def test_request_errors_end_to_end(tiny_model_dir: Path) -> None:
@@ -150,3 +177,62 @@ def test_request_errors_end_to_end(tiny_model_dir: Path) -> None:
     assert "<stdin>: parameters.top_k: must be >= 0" in line
     code, _, message = invoke("-m", str(tiny_model_dir), "--request", "-", "Hi", stdin="{}")
     assert code == 2 and "--request takes no TEXT arguments" in message
+
+
+# --- the Hugging Face Inference API's shape ----------------------------------------------------
+
+
+def test_parse_inference_api_shape() -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "temperature": 0.5},
+            "options": {"use_cache": False, "wait_for_model": True}, "stream": False}
+    request = parse_request(json.dumps(body), "req.json")
+    assert request.shape == "HF" and request.single and request.prompts == ["Hello"]
+    assert request.parameters == {"max_new_tokens": 5, "temperature": 0.5}
+    assert request.prompt_source(0) == "req.json: inputs"
+    assert request.field("top_k") == "req.json: parameters.top_k"
+    # One string: a list of {"generated_text"}, one per return sequence, as the API answers.
+    assert request.answer([["a", "b"]]) == [{"generated_text": "a"}, {"generated_text": "b"}]
+    many = parse_request(json.dumps({"inputs": ["x", "y"]}), "req.json")
+    assert not many.single and many.parameters == {} and many.prompt_source(1) == (
+        "req.json: inputs[1]"
+    )
+    assert many.answer([["a"], ["b"]]) == [[{"generated_text": "a"}], [{"generated_text": "b"}]]
+
+
+def test_inference_api_answers_end_to_end(tiny_model_dir: Path) -> None:
+    model = str(tiny_model_dir)
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "do_sample": False}}
+    code, out, err = invoke("-m", model, "--request", "-", stdin=json.dumps(body))
+    assert code == 0, err
+    answer = json.loads(out)
+    _, cli, _ = invoke("-m", model, "--greedy", "-n", "4", "--format", "json", "Hello")
+    assert answer == [{"generated_text": json.loads(cli)[0]["sequences"][0]["generated_text"]}]
+    body = {"inputs": ["Hello", "The"],
+            "parameters": {"max_new_tokens": 3, "num_return_sequences": 2, "top_k": 5,
+                           "return_full_text": False}}
+    code, out, err = invoke("-m", model, "--seed", "4", "--request", "-", stdin=json.dumps(body))
+    answer = json.loads(out)
+    assert code == 0 and len(answer) == 2 and all(len(per) == 2 for per in answer)
+    assert all(list(item) == ["generated_text"] for per in answer for item in per)
+    assert not answer[0][0]["generated_text"].startswith("Hello")
+
+
+def test_request_sampling_parameters_imply_sampling(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """As the Inference API's servers do: a temperature alone samples; with do_sample false it
+    is reported as ignored."""
+    from tests.test_generate import copy_model
+
+    model = str(copy_model(tiny_model_dir, tmp_path / "m", config={"task_specific_params": None}))
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 6, "num_return_sequences": 2,
+                                               "temperature": 1.5}}
+    code, out, err = invoke("-m", model, "--request", "-", stdin=json.dumps(body))
+    assert code == 0, err
+    first, second = json.loads(out)
+    assert first != second
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 6, "temperature": 1.5,
+                                               "do_sample": False}}
+    code, out, err = invoke("-m", model, "--request", "-", stdin=json.dumps(body))
+    assert code == 0 and err.strip() == (
+        "gpt2cli: warning: <stdin>: parameters.temperature is ignored under greedy decoding "
+        "(<stdin>: parameters.do_sample false)"
+    )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -13,31 +15,28 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 from gpt2cli import options
 from gpt2cli.errors import InputError
-from gpt2cli.generation_params import PARAMETERS
+from gpt2cli.generation_params import PARAMETERS, PIPELINE_MAX_NEW_TOKENS
 from gpt2cli.outputs import output_stream, to_json
 from gpt2cli.session import ModelOptions
 
 if TYPE_CHECKING:
     from gpt2cli.decoding import GeneratedSequence, GenerationParams
     from gpt2cli.inputs import Text
+    from gpt2cli.outputs import RecordWriter
     from gpt2cli.scheduler import GenerationUpdate
-    from gpt2cli.session import Session
+    from gpt2cli.session import Session, Timings
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_BATCH_SIZE = 8
 # Rows decoded together, at most (vLLM's default max_num_seqs is 256 too): each holds a KV cache
 # of up to the context's length.
 MAX_BATCH_ROWS = 256
-GENERATION = "Generation (transformers' names; defaults: the model's generation config)"
+GENERATION = (
+    f"Generation (transformers' names; defaults: the model's, else greedy, "
+    f"{PIPELINE_MAX_NEW_TOKENS} new tokens)"
+)
 OUTPUT = "Output"
-
-
-class OutputFormat(str, Enum):
-    """--format choices."""
-
-    text = "text"
-    json = "json"
-    jsonl = "jsonl"
+OutputFormat = options.OutputFormat  # --format choices (kept importable from here)
 
 
 class Truncate(str, Enum):
@@ -82,7 +81,9 @@ def _with_options(command: Callable[..., Any], after: str) -> inspect.Signature:
         flag = "--" + parameter.name.replace("_", "-")
         if parameter.cli_off:
             flag += "/" + parameter.cli_off
-        names = (flag, parameter.cli_short) if parameter.cli_short else (flag,)
+        names = (flag, *parameter.cli_aliases)
+        if parameter.cli_short:
+            names += (parameter.cli_short,)
         info = _option(*names, help=parameter.help, metavar=parameter.metavar)
         table.append(
             inspect.Parameter(
@@ -101,8 +102,10 @@ def _with_options(command: Callable[..., Any], after: str) -> inspect.Signature:
 @parameter_options(after="threads")
 def generate(
     texts: options.Texts = None,
+    prompts: options.Prompts = None,
     files: options.Files = None,
     lines: options.Lines = False,
+    keep_newline: options.KeepNewline = False,
     replace_invalid: options.ReplaceInvalid = False,
     model: options.Model = None,
     backend: options.BackendOpt = options.BackendName.auto,
@@ -121,10 +124,9 @@ def generate(
             panel=OUTPUT,
         ),
     ] = None,
-    output_format: Annotated[
-        OutputFormat | None,
-        _option("--format", help="text (default), json or jsonl.", panel=OUTPUT),
-    ] = None,
+    output_format: options.FormatOpt = None,
+    as_json: options.JsonFlag = False,
+    as_jsonl: options.JsonlFlag = False,
     separator: Annotated[
         str | None,
         _option(
@@ -150,6 +152,7 @@ def generate(
             "-b",
             min=1,
             max=MAX_BATCH_ROWS,
+            metavar="N",
             help=f"Rows (prompts x sequences) per forward pass (8; at most {MAX_BATCH_ROWS}).",
             panel=OUTPUT,
         ),
@@ -159,24 +162,46 @@ def generate(
         _option(
             "--request",
             metavar="FILE",
-            help="Answer a JSON request in the model cards' format A or B ('-': stdin).",
+            help="Answer a JSON request ('-': stdin): the model cards' format A or B, or the "
+            "Inference API's {\"inputs\": ..., \"parameters\": ...}. Its parameters win over "
+            "flags (each overridden flag is reported).",
             panel=OUTPUT,
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        _option(
+            "--verbose",
+            "-v",
+            help="Report timings on stderr: load, prompt and generation tokens, tok/s.",
+            panel=OUTPUT,
+        ),
+    ] = False,
     output: options.Output = None,
     force: options.Force = False,
     **generation: Any,
 ) -> None:
     """Generate text from prompts with a GPT-2 model.
 
-    Prompts come from TEXT arguments, -f FILE, or stdin; --lines makes each line a prompt.
-    Parameters use transformers' names and meanings, and default to the model's generation
-    config (gpt2: sampling with top-k 50 up to 50 tokens in all). With --request, read a JSON
-    request like the hosted endpoints' and answer in the same format.
+    Prompts come from TEXT arguments, -p TEXT, -f FILE, or stdin; --lines makes each line a
+    prompt. One line break ending a file or stdin is dropped (--keep-newline keeps it).
+
+    Parameters use transformers' names and meanings and default to the model's generation
+    config; with no length there, 256 new tokens (the text-generation pipeline's default),
+    stopping at the end of the context. gpt2: sampling with top-k 50, 256 new tokens.
+    --temperature/--temp, --top-k and --top-p turn sampling on unless --greedy is given (then
+    they are ignored, with a warning); --temp 0 is greedy. -n is --max-new-tokens, as in
+    llama.cpp.
+
+    --format json prints one array with an object per prompt, jsonl one object per line. With
+    --request, answer a JSON request like the hosted endpoints and in their format.
     """
     from gpt2cli.outputs import check_output
 
+    started = time.perf_counter()
     check_output(output, force)  # before any input is read or any model loads
+    fmt = options.output_format(output_format, as_json, as_jsonl)
+    texts = [*(texts or []), *(prompts or [])] or None
     overrides: dict[str, Any] = {
         **parameter_values(generation),
         "truncate_left": truncate == Truncate.left,
@@ -184,21 +209,22 @@ def generate(
     job = _Job(
         ModelOptions(model or DEFAULT_MODEL, backend, device, dtype, threads),
         overrides, batch_size, replace_invalid, output, force, return_full_text,
+        verbose, started,
     )
     if request is not None:
         if texts or files or lines:
-            raise InputError("--request takes no TEXT arguments, --file or --lines")
-        if output_format is not None or separator is not None or stream:
+            raise InputError("--request takes no TEXT arguments, --prompt, --file or --lines")
+        if fmt != "text" or separator is not None or stream:
             raise InputError("--request answers in the request's own JSON format: drop --format, "
                              "--separator and --stream")
         _answer_request(request, job)
         return
 
     from gpt2cli.inputs import iter_texts, resolve_sources
-    from gpt2cli.session import open_model
+    from gpt2cli.outputs import Progress, RecordWriter
+    from gpt2cli.session import Timings, open_model
 
-    fmt = output_format or OutputFormat.text
-    if fmt != OutputFormat.text and separator is not None:
+    if fmt != "text" and separator is not None:
         raise InputError("--separator applies to --format text only")
     if separator is not None:
         separator = unescape(separator, "--separator")
@@ -207,26 +233,39 @@ def generate(
     sources = resolve_sources(texts, files)  # fail on missing input before loading the model
     session = open_model(job.model, load=False)
     params = session.generation_params(overrides)  # bad parameters fail before the weights load
+    _warn_ignored(params, options.cli_name)
     session.load()
     if separator is None:
         single = len(sources) == 1 and not lines and params.num_return_sequences == 1
         separator = "\n" if single else "\n---\n"
     full_text = True if return_full_text is None else return_full_text
-    prompts = iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid)
+    inputs = iter_texts(texts, files, lines=lines, replace_invalid=replace_invalid,
+                        drop_final_newline=not keep_newline)
+    timings = Timings() if verbose else None
+    to_terminal = output in (None, "-") and sys.stdout.isatty()
     with output_stream(output, force) as out:
         writer: SequenceWriter
-        if fmt == OutputFormat.text:
-            to_terminal = output in (None, "-") and sys.stdout.isatty()
+        if fmt == "text":
             live = to_terminal if stream is None else stream
-            writer = TextWriter(out, separator, full_text, params.stop, live)
+            writer = TextWriter(out, separator, full_text, params.stop, live, params)
         else:
-            writer = JsonWriter(out, full_text, lines=fmt == OutputFormat.jsonl)
-        for update in _updates(session, params, prompts, batch_size):
-            writer.add(update.planned)
-            if writer.live:
-                writer.update()
-        writer.update()
-        writer.close()
+            writer = RecordsWriter(RecordWriter(out, fmt), full_text, params)
+        # A bar per finished prompt for several prompts, unless text streams to the terminal.
+        several = lines or len(sources) > 1
+        show = several and not (fmt == "text" and writer.live and to_terminal)
+        total = None if lines else len(sources)
+        with Progress("generating", total, "prompts") if show else nullcontext() as progress:
+            begin = time.perf_counter()
+            for update in _updates(session, params, inputs, batch_size, timings=timings):
+                writer.add(update.planned)
+                if writer.live:
+                    writer.update()
+                if progress is not None:
+                    progress.update(completed=writer.prompts_done)
+            writer.update()
+            writer.close()
+    if timings is not None:
+        _report_timings(timings, writer, begin, started)
 
 
 @dataclass(frozen=True)
@@ -240,10 +279,13 @@ class _Job:
     output: str | None
     force: bool
     return_full_text: bool | None
+    verbose: bool = False
+    started: float = 0.0  # time.perf_counter() when the command started
 
 
 def _updates(session: Session, params: GenerationParams, texts: Iterable[Text], batch_size: int,
-             name: Callable[[str], str] | None = None) -> Iterator[GenerationUpdate]:
+             name: Callable[[str], str] | None = None,
+             timings: Timings | None = None) -> Iterator[GenerationUpdate]:
     """The session's step updates for `texts`, warning once per prompt cut to fit."""
     from gpt2cli.decoding import Prompt
     from gpt2cli.options import cli_name
@@ -251,7 +293,7 @@ def _updates(session: Session, params: GenerationParams, texts: Iterable[Text], 
 
     prompts = (Prompt(t.text, t.source) for t in texts)
     for update in session.generate(prompts, params, batch_size=batch_size,
-                                   name=name or cli_name):
+                                   name=name or cli_name, timings=timings):
         for seq in update.planned:
             if seq.truncated_tokens and seq.sequence_index == 0:
                 warn(f"{seq.prompt.source}: dropped the first {seq.truncated_tokens} prompt tokens "
@@ -259,16 +301,37 @@ def _updates(session: Session, params: GenerationParams, texts: Iterable[Text], 
         yield update
 
 
+def _warn_ignored(params: GenerationParams, name: Callable[[str], str]) -> None:
+    """One warning per explicit parameter that greedy decoding ignores."""
+    from gpt2cli.generation_params import GREEDY, greedy_aware
+    from gpt2cli.outputs import warn
+
+    named = greedy_aware(name)
+    for parameter in params.greedy_ignores:
+        warn(f"{named(parameter)} is ignored under greedy decoding ({named(GREEDY)})")
+
+
 class SequenceWriter:
     """Writes finished (or, when streaming, growing) sequences in input order."""
 
     live = False  # update after every decode step, not only at the end
 
-    def __init__(self) -> None:
+    def __init__(self, params: GenerationParams) -> None:
         self.pending: deque[GeneratedSequence] = deque()  # planned, not yet written, in order
+        self.per_prompt = params.num_return_sequences
+        self.prompts_done = 0  # prompts whose every sequence is written
+        self.prompt_tokens = 0  # over written sequences (rows), for --verbose
+        self.generated_tokens = 0
 
     def add(self, sequences: Iterable[GeneratedSequence]) -> None:
         self.pending.extend(sequences)
+
+    def written(self, seq: GeneratedSequence) -> None:
+        """Count a finished sequence that has been written."""
+        self.prompt_tokens += len(seq.prompt_ids)
+        self.generated_tokens += len(seq.token_ids)
+        if seq.sequence_index == self.per_prompt - 1:
+            self.prompts_done += 1
 
     def update(self) -> None:
         raise NotImplementedError
@@ -281,8 +344,8 @@ class TextWriter(SequenceWriter):
     """Plain text: each sequence followed by the separator; streams the oldest unfinished one."""
 
     def __init__(self, out: IO[str], separator: str, full_text: bool, stops: Sequence[str],
-                 live: bool) -> None:
-        super().__init__()
+                 live: bool, params: GenerationParams) -> None:
+        super().__init__(params)
         self.out = out
         self.separator = separator
         self.full_text = full_text
@@ -307,59 +370,95 @@ class TextWriter(SequenceWriter):
                 break
             self.out.write(self.separator)
             wrote = True
-            self.pending.popleft()
+            self.written(self.pending.popleft())
             self.opened = False
         if wrote and self.live:
             self.out.flush()
 
 
-class JsonWriter(SequenceWriter):
-    """One object per sequence: a JSON array at the end, or JSON lines as sequences finish."""
+class RecordsWriter(SequenceWriter):
+    """json/jsonl: one record per prompt (its sequences inside), written through the shared
+    RecordWriter as soon as all of the prompt's sequences have ended, in input order."""
 
-    def __init__(self, out: IO[str], full_text: bool, lines: bool) -> None:
-        super().__init__()
-        self.out = out
+    live = True
+
+    def __init__(self, writer: RecordWriter, full_text: bool, params: GenerationParams) -> None:
+        super().__init__(params)
+        self.writer = writer
         self.full_text = full_text
-        self.lines = self.live = lines
-        self.records: list[dict] = []
 
     def update(self) -> None:
-        while self.pending and self.pending[0].finished:
-            record = sequence_record(self.pending.popleft(), self.full_text)
-            if self.lines:
-                self.out.write(to_json(record) + "\n")
-                self.out.flush()
-            else:
-                self.records.append(record)
+        n = self.per_prompt
+        while len(self.pending) >= n and all(self.pending[i].finished for i in range(n)):
+            sequences = [self.pending.popleft() for _ in range(n)]
+            self.writer.write(prompt_record(sequences, self.full_text))
+            for seq in sequences:
+                self.written(seq)
 
     def close(self) -> None:
-        if not self.lines:
-            self.out.write(to_json(self.records, indent=2) + "\n")
+        self.writer.close()
 
 
-def sequence_record(seq: GeneratedSequence, full_text: bool) -> dict[str, Any]:
-    """The JSON object for one generated sequence."""
+def prompt_record(sequences: Sequence[GeneratedSequence], full_text: bool) -> dict[str, Any]:
+    """The JSON record of one prompt and its generated sequences."""
+    first = sequences[0]
     return {
-        "index": seq.prompt_index,
-        "sequence": seq.sequence_index,
-        "source": seq.prompt.source,
-        "prompt": seq.prompt.text,
-        "generated_text": (seq.prompt.text + seq.text) if full_text else seq.text,
-        "token_ids": seq.token_ids,
-        "finish_reason": seq.finish_reason,
-        "stop_string": seq.stop_string,
-        "prompt_tokens": len(seq.prompt_ids),
-        "generated_tokens": len(seq.token_ids),
-        "truncated_tokens": seq.truncated_tokens,
+        "index": first.prompt_index,
+        "source": first.prompt.source,
+        "prompt": first.prompt.text,
+        "token_count": len(first.prompt_ids),
+        "truncated_tokens": first.truncated_tokens,
+        "sequences": [sequence_record(seq, full_text) for seq in sequences],
     }
 
 
+def sequence_record(seq: GeneratedSequence, full_text: bool) -> dict[str, Any]:
+    """The JSON object for one generated sequence (inside its prompt's record)."""
+    return {
+        "generated_text": (seq.prompt.text + seq.text) if full_text else seq.text,
+        "ids": seq.token_ids,
+        "token_count": len(seq.token_ids),
+        "finish_reason": seq.finish_reason,
+        "stop_string": seq.stop_string,
+    }
+
+
+def _report_timings(timings: Timings, writer: SequenceWriter | None, begin: float,
+                    started: float) -> None:
+    """llama.cpp's timings block, on stderr (never stdout)."""
+    from gpt2cli.outputs import log
+
+    end = time.perf_counter()
+    if writer is not None:
+        timings.prompt_tokens = writer.prompt_tokens
+        timings.generated_tokens = writer.generated_tokens
+    timings.generate_s = max(end - begin - timings.prompt_s, 0.0)
+
+    def rate(seconds: float, tokens: int) -> str:
+        per_token = f"{seconds * 1000 / tokens:8.2f}" if tokens else "       -"
+        per_second = f"{tokens / seconds:9.2f}" if seconds > 0 and tokens else "        -"
+        return f"({per_token} ms per token, {per_second} tokens per second)"
+
+    t = timings
+    for label, text in (
+        ("load time", f"{t.load_s * 1000:10.2f} ms"),
+        ("prompt eval time", f"{t.prompt_s * 1000:10.2f} ms / {t.prompt_tokens:6d} tokens "
+         + rate(t.prompt_s, t.prompt_tokens)),
+        ("eval time", f"{t.generate_s * 1000:10.2f} ms / {t.generated_tokens:6d} tokens "
+         + rate(t.generate_s, t.generated_tokens)),
+        ("total time", f"{(end - started) * 1000:10.2f} ms / "
+         f"{t.prompt_tokens + t.generated_tokens:6d} tokens"),
+    ):
+        log(f"{label:>16} = {text}")
+
+
 def _answer_request(request_path: str, job: _Job) -> None:
-    """Answer a --request file in its own format (A or B)."""
+    """Answer a --request file in its own format (A, B or the Inference API's)."""
     from gpt2cli.inputs import Text, read_texts
     from gpt2cli.options import cli_name
+    from gpt2cli.outputs import warn
     from gpt2cli.request_formats import parse_request
-    from gpt2cli.session import open_model
+    from gpt2cli.session import Timings, open_model
 
     (body,) = read_texts(None, [request_path], replace_invalid=job.replace_invalid)
     request = parse_request(body.text, body.source, job.replace_invalid)
@@ -368,20 +467,42 @@ def _answer_request(request_path: str, job: _Job) -> None:
     def name(key: str) -> str:
         return request.field(key) if key in request.parameters else cli_name(key)
 
+    # The request's parameters win over flags: a flag is a default for what the request leaves
+    # unset, and each one it overrides is reported.
+    for key, value in request.parameters.items():
+        flag = job.overrides.get(key)
+        if flag is not None and flag != value:
+            shown = list(flag) if isinstance(flag, tuple) else flag
+            mine = list(value) if isinstance(value, tuple) else value
+            warn(f"{cli_name(key)} {to_json(shown)} is overridden by {request.field(key)} "
+                 f"{to_json(mine)} (a request's parameters win over flags)")
+    if request.return_full_text is not None and job.return_full_text is not None and (
+        request.return_full_text != job.return_full_text
+    ):
+        flag = "--return-full-text" if job.return_full_text else "--no-return-full-text"
+        warn(f"{flag} is overridden by {request.field('return_full_text')} "
+             f"{to_json(request.return_full_text)} (a request's parameters win over flags)")
     params = session.generation_params({**job.overrides, **request.parameters}, name)
+    _warn_ignored(params, name)
     session.load()
     full_text = next(
         v for v in (request.return_full_text, job.return_full_text, True) if v is not None
     )
     prompts = [Text(text, request.prompt_source(i)) for i, text in enumerate(request.prompts)]
+    timings = Timings() if job.verbose else None
+    begin = time.perf_counter()
     planned: list[GeneratedSequence] = []
-    for update in _updates(session, params, prompts, job.batch_size, name):
+    for update in _updates(session, params, prompts, job.batch_size, name, timings):
         planned.extend(update.planned)
     texts: list[list[str]] = [[] for _ in prompts]
     for seq in planned:
         texts[seq.prompt_index].append((seq.prompt.text + seq.text) if full_text else seq.text)
     with output_stream(job.output, job.force) as out:
         out.write(to_json(request.answer(texts)) + "\n")
+    if timings is not None:
+        timings.prompt_tokens = sum(len(seq.prompt_ids) for seq in planned)
+        timings.generated_tokens = sum(len(seq.token_ids) for seq in planned)
+        _report_timings(timings, None, begin, job.started)
 
 
 def unescape(value: str, option: str) -> str:
