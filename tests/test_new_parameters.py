@@ -462,7 +462,7 @@ def test_model_generation_configs_may_set_min_p_and_typical_p() -> None:
 
 def generated_ids(out: str) -> list[list[int]]:
     records = [json.loads(line) for line in out.splitlines()]
-    return [r.get("ids", r.get("token_ids")) for r in records]
+    return [seq["ids"] for r in records for seq in r["sequences"]]
 
 
 def test_cli_logit_bias_forces_a_token_under_greedy(tiny_model_dir: Path) -> None:
