@@ -699,3 +699,19 @@ def test_onnx_scoring_never_imports_torch(tiny_onnx_dir) -> None:  # noqa: ANN00
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("index\tposition\tid")
+
+
+# ---------------------------------------------------------------------------------------------
+# export-onnx's validation states the export's KL divergence from PyTorch
+
+
+def test_export_validation_reports_kl_and_top1(tiny_model_dir, tiny_onnx_int8_dir, tiny_onnx_dir,
+                                               capsys) -> None:  # noqa: ANN001
+    from gpt2cli.exporting import validate
+
+    exact = validate(tiny_model_dir, tiny_onnx_dir)
+    assert exact["kl_divergence"] == pytest.approx(0, abs=1e-6)
+    assert exact["top1_agreement"] == 1.0
+    quantized = validate(tiny_model_dir, tiny_onnx_int8_dir, exact=False)
+    assert 0 < quantized["kl_divergence"] <= quantized["kl_divergence_max"] < 0.05
+    assert "KL divergence" in capsys.readouterr().err
