@@ -17,6 +17,7 @@ from gpt2cli import __version__
 from gpt2cli.commands.embed import embed
 from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.generate import generate
+from gpt2cli.commands.info import info
 from gpt2cli.commands.score import score
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, InputError
@@ -37,6 +38,7 @@ app.command("embed")(embed)
 app.command("score")(score)
 app.command("generate")(generate)
 app.command("export-onnx")(export_onnx)
+app.command("info")(info)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

@@ -633,6 +633,7 @@ def validate(source_dir: Path, onnx_dir: Path, exact: bool = True) -> dict[str, 
     VALIDATION_STEPS cached decode steps (same tokens fed to both), plus hidden states."""
     from gpt2cli.backends.base import position_ids_from_mask
     from gpt2cli.loader import load_backend
+    from gpt2cli.scoring import kl_divergence_rows
 
     reference = load_backend(str(source_dir), backend="torch")
     candidate = load_backend(str(onnx_dir), backend="onnx")
@@ -650,6 +651,8 @@ def validate(source_dir: Path, onnx_dir: Path, exact: bool = True) -> dict[str, 
     logit_diff = float(np.abs(ref.logits - got.logits)[valid].max())
     hidden_diff = float(np.abs(ref.hidden - got.hidden)[valid].max())
     agree = [np.argmax(ref.logits, -1)[valid] == np.argmax(got.logits, -1)[valid]]
+    # KL(PyTorch || export) per position, as `score --kl-base` computes it.
+    kl = [kl_divergence_rows(ref.logits[valid], got.logits[valid])[0]]
     ref_cache, got_cache = ref.cache, got.cache
     next_ids = np.argmax(ref.logits[:, -1], axis=-1)[:, None]
     steps = min(VALIDATION_STEPS, reference.info.n_positions - width)
@@ -661,14 +664,25 @@ def validate(source_dir: Path, onnx_dir: Path, exact: bool = True) -> dict[str, 
         ref_cache, got_cache = ref.cache, got.cache
         logit_diff = max(logit_diff, float(np.abs(ref.logits - got.logits).max()))
         agree.append(np.argmax(ref.logits, -1) == np.argmax(got.logits, -1))
+        kl.append(kl_divergence_rows(ref.logits, got.logits)[0])
         next_ids = np.argmax(ref.logits, axis=-1)[:, None]
+    divergences = np.concatenate(kl)
     result = {
         "max_abs_logit_diff": logit_diff,
         "max_abs_hidden_diff": hidden_diff,
         "top1_agreement": float(np.concatenate(agree).mean()),
+        "kl_divergence": float(divergences.mean()),
+        "kl_divergence_max": float(divergences.max()),
         "prompt_tokens": int(valid.sum()),
         "decode_steps": steps,
     }
+    from gpt2cli.outputs import log
+
+    log(
+        f"validation against PyTorch: KL divergence {result['kl_divergence']:.3g} (mean; max "
+        f"{result['kl_divergence_max']:.3g}), same top token {100 * result['top1_agreement']:.2f}%"
+        f" over {len(divergences)} positions"
+    )
     if exact and max(logit_diff, hidden_diff) > FP32_TOLERANCE:
         raise ModelError(
             f"validation failed: the export's logits differ from PyTorch's by {logit_diff:.3g} "

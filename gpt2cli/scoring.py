@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from gpt2cli.backends.base import Backend
+from gpt2cli.backends.base import Backend, ModelInfo
 from gpt2cli.errors import InputError
 from gpt2cli.tokenizer import Tokenizer
 
@@ -97,24 +98,115 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     return nll_nats / n_bytes / LN2
 
 
+def mean_stderr(total: float, squares: float, count: int) -> tuple[float | None, float | None]:
+    """The mean of `count` values from their sum and sum of squares, and its standard error as
+    llama.cpp's perplexity tool computes it: sqrt((mean(x^2) - mean(x)^2) / (count - 1)), 0
+    when rounding makes the variance negative; None where there are too few values."""
+    if count < 1:
+        return None, None
+    mean = total / count
+    if count < 2:
+        return mean, None
+    variance = squares / count - mean * mean
+    return mean, math.sqrt(variance / (count - 1)) if variance > 0 else 0.0
+
+
+@dataclass
+class KLStats:
+    """KL(base || model) per scored token and top-1 agreement, as llama-perplexity's
+    --kl-divergence: sums for the mean and its standard error, and every value (float32, 4
+    bytes a token) for the median, 99th percentile and maximum."""
+
+    count: int = 0
+    kl_sum: float = 0.0
+    kl_sum2: float = 0.0
+    same_top: int = 0  # tokens where both models' most likely token is the same
+    base_nll: float = 0.0  # the base model's NLL of the scored tokens
+    values: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def of(cls, kl: np.ndarray, same_top: np.ndarray, base_logprobs: np.ndarray) -> KLStats:
+        kl64 = kl.astype(np.float64)
+        return cls(
+            count=len(kl),
+            kl_sum=float(kl64.sum()),
+            kl_sum2=float((kl64 * kl64).sum()),
+            same_top=int(same_top.sum()),
+            base_nll=-float(base_logprobs.sum(dtype=np.float64)),
+            values=[kl.astype(np.float32)] if len(kl) else [],
+        )
+
+    def add(self, other: KLStats) -> None:
+        self.count += other.count
+        self.kl_sum += other.kl_sum
+        self.kl_sum2 += other.kl_sum2
+        self.same_top += other.same_top
+        self.base_nll += other.base_nll
+        self.values.extend(other.values)
+
+    def _sorted(self) -> np.ndarray:
+        if len(self.values) != 1:  # joined once, so later calls are cheap
+            self.values = [np.concatenate(self.values) if self.values else np.zeros(0, np.float32)]
+        return np.sort(self.values[0])
+
+    def as_dict(self) -> dict[str, Any]:
+        mean, stderr = mean_stderr(self.kl_sum, self.kl_sum2, self.count)
+        values = self._sorted()
+        agreement = self.same_top / self.count if self.count else None
+        agreement_stderr = (
+            math.sqrt(agreement * (1 - agreement) / (self.count - 1))
+            if agreement is not None and self.count > 1
+            else None
+        )
+        return {
+            "kl_divergence": mean,
+            "kl_divergence_stderr": stderr,
+            "kl_divergence_median": float(np.median(values)) if len(values) else None,
+            "kl_divergence_p99": float(np.percentile(values, 99)) if len(values) else None,
+            "kl_divergence_max": float(values[-1]) if len(values) else None,
+            "top1_agreement": agreement,
+            "top1_agreement_stderr": agreement_stderr,
+            "base_perplexity": _finite(math.exp(self.base_nll / self.count))
+            if self.count
+            else None,
+        }
+
+
 @dataclass
 class Stats:
-    """Counts and total negative log-likelihood of some scored tokens."""
+    """Counts and total negative log-likelihood of some scored tokens (and, against a base
+    model, the KL statistics)."""
 
     tokens: int = 0
     bytes: int = 0
     chars: int = 0
     nll: float = 0.0  # nats, summed over the scored tokens
+    nll2: float = 0.0  # the per-token NLLs squared, summed: the perplexity's standard error
+    kl: KLStats | None = None
 
     def add(self, other: Stats) -> None:
         self.tokens += other.tokens
         self.bytes += other.bytes
         self.chars += other.chars
         self.nll += other.nll
+        self.nll2 += other.nll2
+        if other.kl is not None:
+            if self.kl is None:
+                self.kl = KLStats()
+            self.kl.add(other.kl)
 
     @property
     def perplexity(self) -> float | None:
         return math.exp(self.nll / self.tokens) if self.tokens else None
+
+    @property
+    def perplexity_stderr(self) -> float | None:
+        """llama-perplexity's `PPL ± err`: the standard error of the mean per-token NLL, times
+        the perplexity (the delta method: d exp(x) = exp(x) dx)."""
+        mean, stderr = mean_stderr(self.nll, self.nll2, self.tokens)
+        if mean is None or stderr is None:
+            return None
+        return _finite(math.exp(mean) * stderr)
 
     @property
     def bits_per_token(self) -> float | None:
@@ -128,17 +220,21 @@ class Stats:
     def bits_per_char(self) -> float | None:
         return self.nll / self.chars / LN2 if self.chars else None
 
-    def as_dict(self) -> dict:
-        return {
-            "tokens": self.tokens,
+    def as_dict(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "token_count": self.tokens,
             "bytes": self.bytes,
             "chars": self.chars,
             "nll": self.nll,
             "perplexity": _finite(self.perplexity),
+            "perplexity_stderr": self.perplexity_stderr,
             "bits_per_token": self.bits_per_token,
             "bits_per_byte": self.bits_per_byte,
             "bits_per_char": self.bits_per_char,
         }
+        if self.kl is not None:
+            fields.update(self.kl.as_dict())
+        return fields
 
 
 def _finite(value: float | None) -> float | None:
@@ -155,6 +251,10 @@ class TokenScores:
     ranks: np.ndarray | None = None  # 1 = the model's top choice
     entropies: np.ndarray | None = None  # nats
     greedy: np.ndarray | None = None  # argmax == the true token
+    # against a base model (ScoreOptions.kl_base)
+    kl: np.ndarray | None = None  # KL(base || model) of each token's distribution, nats
+    same_top: np.ndarray | None = None  # both models' most likely token is the same
+    base_logprobs: np.ndarray | None = None  # the base model's log-probability of the token
 
 
 @dataclass
@@ -168,6 +268,7 @@ class Scored:
     # conditional scoring only
     context_tokens: int | None = None
     context_truncated: bool = False
+    limited: bool = False  # options.limit ended the scoring inside this text
 
     @property
     def text_tokens(self) -> int:
@@ -202,6 +303,7 @@ class ScoringItem:
     windows: list[Window]
     context_tokens: int | None = None
     context_truncated: bool = False
+    limited: bool = False  # the sequence was cut to a budget of scored tokens
 
 
 @dataclass(frozen=True)
@@ -212,14 +314,26 @@ class ScoreOptions:
     details: bool = False  # ranks and entropies (per-token output, --show)
     greedy: bool = False  # argmax check (conditional scoring)
     batch_size: int = DEFAULT_BATCH_SIZE
+    # Score at most this many tokens in one call: a text is cut where the budget ends, and
+    # the texts after it are left out of the results; a pair is scored whole or not at all.
+    limit: int | None = None
+    # A base model scored over the same windows: KL(base || model) and top-1 agreement.
+    kl_base: Backend | None = field(default=None, repr=False, compare=False)
 
 
-def plan_text(ids: Sequence[int], options: ScoreOptions, eos: int | None) -> ScoringItem:
-    """The windows that score a whole text."""
+def plan_text(
+    ids: Sequence[int], options: ScoreOptions, eos: int | None, budget: int | None = None
+) -> ScoringItem:
+    """The windows that score a whole text; with `budget`, only its first tokens, so that at
+    most `budget` tokens are scored."""
     prefix = [eos] if options.prefix_eos and eos is not None else []
     sequence = prefix + list(ids)
+    whole = len(sequence)
+    if budget is not None:
+        sequence = sequence[: budget + 1]  # token 0 is never scored
     return ScoringItem(
-        list(ids), len(prefix), sequence, window_plan(len(sequence), options.ctx, options.stride)
+        list(ids), len(prefix), sequence, window_plan(len(sequence), options.ctx, options.stride),
+        limited=len(sequence) < whole,
     )
 
 
@@ -348,16 +462,59 @@ class _RowScores:
     ranks: np.ndarray | None
     entropies: np.ndarray | None
     greedy: np.ndarray | None
+    kl: np.ndarray | None = None
+    same_top: np.ndarray | None = None
+    base_logprobs: np.ndarray | None = None
+
+
+def _log_softmax(rows: np.ndarray) -> np.ndarray:
+    """log_softmax of float32 rows (a new float32 array; the normaliser summed in float64)."""
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    total = np.exp(shifted).sum(axis=1, dtype=np.float64)
+    shifted -= np.log(total).astype(np.float32)[:, None]
+    return shifted
+
+
+def kl_divergence_rows(
+    base: np.ndarray, model: np.ndarray, targets: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per row of logits (R, V): KL(base || model) = sum_v p_base(v) (log p_base(v) - log
+    p_model(v)) in nats, as llama-perplexity's --kl-divergence (the base model's distribution
+    weighs the log ratio); whether both rows' most likely token is the same; and, given
+    `targets`, the base model's log-probability of each target."""
+    n = len(base)
+    kl = np.empty(n, dtype=np.float64)
+    same_top = np.empty(n, dtype=bool)
+    base_logprobs = np.empty(n, dtype=np.float64) if targets is not None else None
+    for start in range(0, n, ROW_BLOCK):
+        b = np.asarray(base[start : start + ROW_BLOCK], dtype=np.float32)
+        m = np.asarray(model[start : start + ROW_BLOCK], dtype=np.float32)
+        rows = slice(start, start + len(b))
+        same_top[rows] = b.argmax(axis=1) == m.argmax(axis=1)
+        log_b, log_m = _log_softmax(b), _log_softmax(m)
+        kl[rows] = np.einsum("ij,ij->i", np.exp(log_b), log_b - log_m, dtype=np.float64)
+        if base_logprobs is not None and targets is not None:
+            base_logprobs[rows] = log_b[np.arange(len(b)), targets[rows]]
+    return kl, same_top, base_logprobs
 
 
 def score_rows(
-    logits: np.ndarray, targets: np.ndarray, details: bool = False, greedy: bool = False
+    logits: np.ndarray,
+    targets: np.ndarray,
+    details: bool = False,
+    greedy: bool = False,
+    base_logits: np.ndarray | None = None,
 ) -> _RowScores:
     """Log-probabilities of `targets` under each row of `logits` (R, V), in float64 sums.
 
     With `details`, also the rank of the target (1 + how many tokens score strictly higher) and
-    the entropy of the row's distribution; with `greedy`, whether the target is the argmax.
+    the entropy of the row's distribution; with `greedy`, whether the target is the argmax;
+    with `base_logits` (a base model's rows), the KL statistics (kl_divergence_rows).
     """
+    extra: dict[str, Any] = {}
+    if base_logits is not None:
+        kl, same_top, base_logprobs = kl_divergence_rows(base_logits, logits, targets)
+        extra = {"kl": kl, "same_top": same_top, "base_logprobs": base_logprobs}
     n = len(targets)
     logprobs = np.empty(n, dtype=np.float64)
     ranks = np.empty(n, dtype=np.int64) if details else None
@@ -382,7 +539,7 @@ def score_rows(
             np.exp(rows, out=rows)
             total = rows.sum(axis=1, dtype=np.float64)
         logprobs[start : start + len(rows)] = true_logit.astype(np.float64) - np.log(total)
-    return _RowScores(logprobs, ranks, entropies, is_argmax)
+    return _RowScores(logprobs, ranks, entropies, is_argmax, **extra)
 
 
 def run_items(
@@ -405,13 +562,17 @@ def run_items(
             input_ids[row, : len(job.inputs)] = job.inputs
             mask[row, : len(job.inputs)] = 1
         logits = forward_tail_logits(backend, input_ids, mask, keep)
+        base = options.kl_base
+        base_logits = forward_tail_logits(base, input_ids, mask, keep) if base else None
         for row, job in enumerate(batch):
             end = keep - (width - len(job.inputs))  # right padding sits after the real tokens
-            rows = logits[row, end - len(job.targets) : end]
+            span = slice(end - len(job.targets), end)
+            rows = logits[row, span]
+            base_rows = base_logits[row, span] if base_logits is not None else None
             parts[job.item].append(
                 (
                     job.target_positions,
-                    score_rows(rows, job.targets, options.details, options.greedy),
+                    score_rows(rows, job.targets, options.details, options.greedy, base_rows),
                 )
             )
             done_tokens += len(job.targets)
@@ -439,6 +600,9 @@ def _merge(item: ScoringItem, parts: list[tuple[np.ndarray, _RowScores]]) -> Tok
         ranks=cat("ranks"),
         entropies=cat("entropies"),
         greedy=cat("greedy"),
+        kl=cat("kl"),
+        same_top=cat("same_top"),
+        base_logprobs=cat("base_logprobs"),
     )
 
 
@@ -464,8 +628,12 @@ def _stats(
         n_bytes, n_chars = len(text.encode("utf-8")), len(text)
     else:
         n_bytes, n_chars = token_bytes_and_chars(tokenizer, ids, tokens.positions)
-    nll = 0.0 - float(tokens.logprobs.sum(dtype=np.float64))
-    return Stats(len(tokens.positions), n_bytes, n_chars, nll)
+    logprobs = tokens.logprobs.astype(np.float64)
+    nll = 0.0 - float(logprobs.sum())
+    kl = None
+    if tokens.kl is not None and tokens.same_top is not None and tokens.base_logprobs is not None:
+        kl = KLStats.of(tokens.kl, tokens.same_top, tokens.base_logprobs)
+    return Stats(len(tokens.positions), n_bytes, n_chars, nll, float((logprobs**2).sum()), kl)
 
 
 def score_texts(
@@ -476,9 +644,11 @@ def score_texts(
     first_index: int = 0,
 ) -> list[Scored]:
     """Score whole texts with the strided window; one result per text, in order, numbered
-    from `first_index` (callers stream long inputs through in blocks)."""
+    from `first_index` (callers stream long inputs through in blocks). With `options.limit`,
+    the results stop where the budget of scored tokens ends (the last text may be cut)."""
     tokenizer = backend.tokenizer
     check_window(options.ctx, options.stride, backend.info.n_positions)
+    check_base(backend, options)
     eos = _eos(backend)
     if options.prefix_eos and eos is None:
         raise InputError(
@@ -486,11 +656,23 @@ def score_texts(
             hint="use {no_prefix}",
         )
     all_ids = tokenizer.encode_batch(list(texts))
-    items = [plan_text(ids, options, eos) for ids in all_ids]
+    items = []
+    budget = options.limit
+    for ids in all_ids:
+        if budget is not None and budget <= 0:
+            break
+        item = plan_text(ids, options, eos, budget)
+        items.append(item)
+        if budget is not None:
+            budget -= sum(window.n_scored for window in item.windows)
+    texts, all_ids = texts[: len(items)], all_ids[: len(items)]
     token_scores = run_items(backend, items, options, progress)
     return [
-        Scored(first_index + number, _stats(tokenizer, ids, scores, text), list(ids), scores)
-        for number, (text, ids, scores) in enumerate(zip(texts, all_ids, token_scores, strict=True))
+        Scored(first_index + number, _stats(tokenizer, ids, scores, text), list(ids), scores,
+               limited=item.limited)  # fmt: skip
+        for number, (text, ids, scores, item) in enumerate(
+            zip(texts, all_ids, token_scores, items, strict=True)
+        )
     ]
 
 
@@ -507,16 +689,23 @@ def score_pairs(
     A pair that cannot be scored is an InputError that names its entry in `sources`.
     """
     check_window(options.ctx, options.stride, backend.info.n_positions)
+    check_base(backend, options)
     tokenizer = backend.tokenizer
     eos = _eos(backend)
     items = []
+    budget = options.limit
     for number, (context, continuation) in enumerate(pairs):
         try:
             context_ids, continuation_ids = encode_pair(tokenizer, context, continuation, eos)
-            items.append(plan_continuation(context_ids, continuation_ids, options.ctx))
+            item = plan_continuation(context_ids, continuation_ids, options.ctx)
         except InputError as exc:
             where = sources[number] if sources is not None else f"pair {first_index + number}"
             raise _located(exc, where) from None
+        if budget is not None:
+            if len(item.ids) > budget:
+                break
+            budget -= len(item.ids)
+        items.append(item)
     token_scores = run_items(backend, items, options, progress)
     results = []
     for number, (item, scores) in enumerate(zip(items, token_scores, strict=True)):
@@ -532,6 +721,32 @@ def score_pairs(
             )
         )
     return results
+
+
+def check_base(backend: Backend, options: ScoreOptions) -> None:
+    """The base model of options.kl_base can be compared token by token with `backend`: the
+    same vocabulary, and a context that holds options.ctx."""
+    base = options.kl_base
+    if base is None:
+        return
+    check_base_info(backend.info, base.info, options.ctx)
+
+
+def check_base_info(info: ModelInfo, base: ModelInfo, ctx: int) -> None:
+    """`base` (ModelInfo) can score the windows of `info`'s model: the same vocabulary size
+    and end token, a context of at least `ctx`. Before either model's weights load."""
+    if base.vocab_size != info.vocab_size or base.eos_token_id != info.eos_token_id:
+        raise InputError(
+            param="kl_base",
+            reason=f"{base.source} has a vocabulary of {base.vocab_size} tokens (end token "
+            f"{base.eos_token_id}), {info.source} {info.vocab_size} (end token "
+            f"{info.eos_token_id}): KL divergence compares models over one vocabulary",
+        )
+    if ctx > base.n_positions:
+        raise InputError(
+            param="ctx",
+            reason=f"{ctx} is longer than the base model's context ({base.n_positions} tokens)",
+        )
 
 
 def _located(exc: InputError, where: str) -> InputError:

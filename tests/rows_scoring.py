@@ -201,6 +201,49 @@ CASES: list[Case] = [
         stdin=b'{"context": "a", "continuation": " b\\ud800"}\n',
         model=TINY_ONNX,
     ),
+    # score --limit, --kl-base and --format (issue 12)
+    Case(
+        "score --limit 0",
+        (*SCORE, "--limit", "0", "Hello"),
+        2,
+        "--limit",
+        model=TINY_ONNX,
+    ),
+    Case(
+        "score --kl-base: no such directory",
+        (*SCORE, "--kl-base", "./no-such-model", "Hello"),
+        1,
+        "./no-such-model: no such model directory",
+        model=TINY_ONNX,
+    ),
+    Case(
+        "score --kl-base: empty",
+        (*SCORE, "--kl-base", "", "Hello"),
+        2,
+        "--kl-base: empty",
+        model=TINY_ONNX,
+    ),
+    Case(
+        "score --kl-base against itself, --limit, jsonl",
+        (*SCORE, "--kl-base", "{model}", "--limit", "3", "--format", "jsonl", "Hello world, again"),
+        0,
+        model=TINY_ONNX,
+    ),
+    Case(
+        "score --show --format json",
+        (*SCORE, "--show", "--format", "json", "Hello"),
+        2,
+        "--show draws text; drop --format json",
+        model=TINY_ONNX,
+    ),
+    Case(
+        "score --pairs --limit smaller than the first pair: nothing scored, an empty array",
+        (*SCORE, "--pairs", "--limit", "1", "--json", "-f", "pairs.jsonl"),
+        0,
+        files=_pairs(("The sky is", " blue and wide")),
+        model=TINY_ONNX,
+        stdout=b"[]\n",
+    ),
     # score --show draws the text: terminal controls in it are shown escaped.
     Case(
         "score --show with ESC, BEL and CR in the text",

@@ -139,6 +139,7 @@ def test_bits_per_byte_is_lm_evals_formula() -> None:
 def test_stats_definitions() -> None:
     stats = Stats(tokens=4, bytes=10, chars=8, nll=6.0)
     assert stats.perplexity == pytest.approx(math.exp(1.5))
+    assert stats.as_dict()["token_count"] == 4 and "tokens" not in stats.as_dict()
     assert stats.bits_per_token == pytest.approx(1.5 / LN2)
     assert stats.bits_per_byte == pytest.approx(0.6 / LN2)
     assert stats.bits_per_char == pytest.approx(0.75 / LN2)
@@ -395,7 +396,7 @@ def test_memorised_paragraph_on_onnx(memorised_onnx_dir) -> None:  # noqa: ANN00
     result = run_cli("score", "-m", str(memorised_onnx_dir), "--no-prefix", "--jsonl",
                      MEMORISED_PARAGRAPH, shuffled_paragraph())  # fmt: skip
     assert result.returncode == 0, result.err
-    own, shuffled = (json.loads(line) for line in result.out.splitlines())
+    own, shuffled, _ = (json.loads(line) for line in result.out.splitlines())
     assert own["backend"] == "onnx"
     assert own["perplexity"] < 1.1 and shuffled["perplexity"] > 20
 
@@ -404,28 +405,153 @@ def test_memorised_paragraph_on_onnx(memorised_onnx_dir) -> None:  # noqa: ANN00
 # The command
 
 
-def test_cli_json_states_how_it_was_computed(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
+def test_cli_json_is_an_array_of_records_and_a_total(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
     texts = tmp_path / "texts.txt"
     texts.write_text("First line of text.\n\nSecond line, a bit longer.\n", encoding="utf-8")
-    result = run_cli("score", "-m", str(tiny_model_dir), "-f", str(texts), "--lines", "--json",
-                     "--ctx", "8", "--stride", "3")  # fmt: skip
+    result = run_cli("score", "-m", str(tiny_model_dir), "-f", str(texts), "--lines",
+                     "--format", "json", "--ctx", "8", "--stride", "3")  # fmt: skip
     assert result.returncode == 0, result.err
-    report = json.loads(result.out)
-    assert (report["ctx"], report["stride"], report["first_token"]) == (8, 3, "after <|endoftext|>")
-    assert [r["source"] for r in report["results"]] == [f"{texts}:1", f"{texts}:3"]
-    first, second = report["results"]
+    first, second, total = json.loads(result.out)
+    for record in (first, second, total):
+        assert (record["ctx"], record["stride"], record["first_token"]) == (
+            8, 3, "after <|endoftext|>"
+        )
+        assert "tokens" not in record
+    assert [first["source"], second["source"]] == [f"{texts}:1", f"{texts}:3"]
+    assert [first["index"], second["index"], total["index"]] == [0, 1, None]
     assert first["bytes"] == len(b"First line of text.")
-    total = report["total"]
-    assert total["tokens"] == first["tokens"] + second["tokens"]
+    assert first["token_count"] == first["text_tokens"]
+    assert total["source"] == "total" and total["texts"] == 2
+    assert total["token_count"] == first["token_count"] + second["token_count"]
     assert total["nll"] == pytest.approx(first["nll"] + second["nll"])
-    assert total["perplexity"] == pytest.approx(math.exp(total["nll"] / total["tokens"]))
+    assert total["perplexity"] == pytest.approx(math.exp(total["nll"] / total["token_count"]))
     assert total["bits_per_byte"] == pytest.approx(total["nll"] / total["bytes"] / math.log(2))
 
-    plain = run_cli("score", "-m", str(tiny_model_dir), "One text to score.")
-    assert plain.returncode == 0, plain.err
-    fields = dict(line.split(None, 1) for line in plain.out.splitlines())
-    assert fields["ctx"] == "1024" and fields["stride"] == "512"
-    assert float(fields["perplexity"]) > 1
+    # One text: still an array, of one record and no total.
+    (only,) = json.loads(run_cli("score", "-m", str(tiny_model_dir), "--json", "One.").out)
+    assert only["index"] == 0 and only["source"] == "argument 1"
+    jsonl = run_cli("score", "-m", str(tiny_model_dir), "--format", "jsonl", "One.", "Two.")
+    assert [json.loads(line)["source"] for line in jsonl.out.splitlines()] == [
+        "argument 1", "argument 2", "total"
+    ]  # fmt: skip
+
+
+def test_cli_text_has_one_shape_for_one_text_and_many(tiny_model_dir) -> None:  # noqa: ANN001
+    one = run_cli("score", "-m", str(tiny_model_dir), "One text to score.")
+    assert one.returncode == 0 and one.err == "", one.err
+    (line,) = one.out.splitlines()
+    perplexity, stderr, count, bpb, source = line.split("\t")
+    assert float(perplexity) > 1 and stderr.startswith("±") and float(stderr[1:]) > 0
+    assert int(count) == len(load_tokenizer_ids("One text to score.")) and float(bpb) > 0
+    assert source == "argument 1"
+    many = run_cli("score", "-m", str(tiny_model_dir), "-p", "One text to score.", "-p", "More")
+    assert many.returncode == 0 and many.err == "", many.err
+    rows = [row.split("\t") for row in many.out.splitlines()]
+    assert [row[-1] for row in rows] == ["argument 1", "argument 2", "total"]
+    assert all(len(row) == 5 for row in rows)
+    assert rows[0][:4] == line.split("\t")[:4]  # the same figures as alone
+    assert int(rows[2][2]) == int(rows[0][2]) + int(rows[1][2])
+
+
+def test_perplexity_stderr_is_llama_perplexitys(torch_backend) -> None:  # noqa: ANN001
+    text = evaluation_text()[:2000]
+    options = ScoreOptions(ctx=128, stride=64, details=True)
+    (result,) = score_texts(torch_backend, [text], options)
+    nll = -result.tokens.logprobs
+    n = len(nll)
+    # perplexity.cpp: nll2/count - (nll/count)^2, sqrt(that / (count - 1)), times the perplexity
+    mean = nll.sum() / n
+    expected = math.exp(mean) * math.sqrt(((nll**2).sum() / n - mean * mean) / (n - 1))
+    assert result.stats.perplexity_stderr == pytest.approx(expected, rel=1e-9)
+    assert expected == pytest.approx(math.exp(mean) * nll.std(ddof=1) / math.sqrt(n), rel=1e-9)
+    total = Stats()
+    for part in score_texts(torch_backend, [text[:900], text[900:]], options):
+        total.add(part.stats)
+    assert total.nll2 > 0 and total.perplexity_stderr > 0
+    assert Stats(tokens=1, nll=2.0, nll2=4.0).perplexity_stderr is None
+
+
+def test_limit_caps_the_tokens_scored(torch_backend, tiny_model_dir) -> None:  # noqa: ANN001
+    texts = ["one two three four five six seven eight", "nine ten eleven", "x"]
+    full = score_texts(torch_backend, texts, ScoreOptions(ctx=1024, stride=512, details=True))
+    limited = score_texts(torch_backend, texts, ScoreOptions(ctx=1024, stride=512, limit=10))
+    assert [r.stats.tokens for r in full] == [8, 3, 1]
+    assert [r.stats.tokens for r in limited] == [8, 2]
+    assert limited[1].limited and not limited[0].limited
+    assert limited[1].text_tokens == 3
+    np.testing.assert_allclose(limited[1].tokens.logprobs, full[1].tokens.logprobs[:2])
+    pairs = [("a", " b c"), ("a", " d e f"), ("a", " g")]
+    scored = score_pairs(torch_backend, pairs, ScoreOptions(ctx=64, stride=64, limit=4))
+    assert [len(r.ids) for r in scored] == [2]  # a pair is scored whole or not at all
+
+    result = run_cli("score", "-m", str(tiny_model_dir), "--limit", "10", *texts)
+    assert result.returncode == 0, result.err
+    rows = [row.split("\t") for row in result.out.splitlines()]
+    assert [(row[2], row[-1]) for row in rows] == [
+        ("8", "argument 1"), ("2", "argument 2"), ("10", "total")
+    ]  # fmt: skip
+
+
+def test_kl_of_a_model_against_itself_is_zero(tiny_model_dir) -> None:  # noqa: ANN001
+    result = run_cli("score", "-m", str(tiny_model_dir), "--kl-base", str(tiny_model_dir),
+                     "--json", "A text to compare.", "And a second one.")  # fmt: skip
+    assert result.returncode == 0, result.err
+    *texts, total = json.loads(result.out)
+    for record in (*texts, total):
+        assert record["kl_divergence"] == pytest.approx(0, abs=1e-9)
+        assert record["kl_divergence_max"] == pytest.approx(0, abs=1e-9)
+        assert record["top1_agreement"] == 1.0
+        assert record["base_perplexity"] == pytest.approx(record["perplexity"], rel=1e-6)
+    assert total["kl_base"] == str(tiny_model_dir)
+    text = run_cli("score", "-m", str(tiny_model_dir), "--kl-base", str(tiny_model_dir), "A b")
+    perplexity, _, _, _, kl, kl_stderr, same_top, source = text.out.rstrip("\n").split("\t")
+    assert float(kl) == 0 and same_top == "100.00%" and source == "argument 1"
+
+
+def test_kl_of_int8_against_fp32_is_small_and_positive(tiny_onnx_int8_dir, tiny_model_dir) -> None:  # noqa: ANN001
+    result = run_cli("score", "-m", str(tiny_onnx_int8_dir), "--kl-base", str(tiny_model_dir),
+                     "--ctx", "64", "--format", "jsonl", evaluation_text()[:1500])  # fmt: skip
+    assert result.returncode == 0, result.err
+    (record,) = (json.loads(line) for line in result.out.splitlines())
+    assert (record["backend"], record["kl_base_backend"]) == ("onnx", "torch")
+    assert 0 < record["kl_divergence"] < 0.05
+    assert record["kl_divergence"] <= record["kl_divergence_max"]
+    assert 0 <= record["kl_divergence_median"] <= record["kl_divergence_p99"]
+    assert record["kl_divergence_stderr"] > 0
+    assert 0.8 <= record["top1_agreement"] <= 1
+
+
+def test_kl_rows_match_the_definition() -> None:
+    from gpt2cli.scoring import kl_divergence_rows
+
+    rng = np.random.default_rng(1)
+    base = (rng.standard_normal((200, 300)) * 3).astype(np.float32)
+    model = base + rng.standard_normal((200, 300)).astype(np.float32) * 0.3
+    targets = rng.integers(0, 300, 200)
+    kl, same, base_logprobs = kl_divergence_rows(base, model, targets)
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    lb, lm = log_softmax(base), log_softmax(model)
+    np.testing.assert_allclose(kl, (np.exp(lb) * (lb - lm)).sum(1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(same, base.argmax(1) == model.argmax(1))
+    np.testing.assert_allclose(base_logprobs, lb[np.arange(200), targets], atol=1e-5)
+    assert (kl > 0).all()
+
+
+def test_kl_base_with_another_vocabulary_is_refused(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["vocab_size"] = 50300
+    (other / "config.json").write_text(json.dumps(config))
+    result = run_cli("score", "-m", str(tiny_model_dir), "--kl-base", str(other), "x")
+    assert "--kl-base:" in assert_one_line_error(result, 2)
 
 
 def test_cli_per_token_tsv_and_jsonl(tiny_model_dir) -> None:  # noqa: ANN001
@@ -433,18 +559,26 @@ def test_cli_per_token_tsv_and_jsonl(tiny_model_dir) -> None:  # noqa: ANN001
     tsv = run_cli("score", "-m", str(tiny_model_dir), "--per-token", text)
     assert tsv.returncode == 0, tsv.err
     rows = [line.split("\t") for line in tsv.out.splitlines()]
-    assert rows[0] == ["text", "position", "id", "piece", "logprob", "rank", "entropy"]
+    assert rows[0] == ["index", "position", "id", "piece", "logprob", "rank", "entropy"]
     assert all(len(row) == 7 for row in rows)
     assert len(rows) - 1 == len(load_tokenizer_ids(text))
     assert "ctx 1024, stride 512" in tsv.err  # the summary goes to stderr
 
-    jsonl = run_cli("score", "-m", str(tiny_model_dir), "--per-token", "--jsonl", text)
-    records = [json.loads(line) for line in jsonl.out.splitlines()]
-    assert [r["id"] for r in records] == load_tokenizer_ids(text)
-    for record, row in zip(records, rows[1:], strict=True):
-        assert record["logprob"] == pytest.approx(float(row[4]), abs=1e-6)
-        assert record["rank"] == int(row[5]) >= 1
-        assert record["logprob"] <= 0 <= record["entropy"]
+    for fmt in ("jsonl", "json"):
+        out = run_cli("score", "-m", str(tiny_model_dir), "--per-token", "--format", fmt, text)
+        assert out.returncode == 0, out.err
+        (record,) = [json.loads(line) for line in out.out.splitlines()] if fmt == "jsonl" else (
+            json.loads(out.out)
+        )
+        assert record["ids"] == load_tokenizer_ids(text)
+        assert "".join(record["pieces"]) == text
+        assert record["token_count"] == len(record["logprobs"]) == len(record["ranks"])
+        for logprob, rank, entropy, row in zip(
+            record["logprobs"], record["ranks"], record["entropies"], rows[1:], strict=True
+        ):
+            assert logprob == pytest.approx(float(row[4]), abs=1e-6)
+            assert rank == int(row[5]) >= 1
+            assert logprob <= 0 <= entropy
 
 
 def load_tokenizer_ids(text: str) -> list[int]:
@@ -469,17 +603,30 @@ def test_cli_pairs_and_context(memorised_model_dir, tmp_path) -> None:  # noqa: 
         "score", "-m", str(memorised_model_dir), "--pairs", "-f", str(pairs), "--jsonl"
     )
     assert result.returncode == 0, result.err
-    right, wrong = (json.loads(line) for line in result.out.splitlines())
+    right, wrong, total = (json.loads(line) for line in result.out.splitlines())
     assert right["is_greedy"] is True and wrong["is_greedy"] is False
     assert right["logprob"] > wrong["logprob"]
     assert right["ctx"] == 1024 and "stride" not in right
+    # lm-eval's acc and LAMBADA perplexity (exp of minus the mean log-likelihood per pair)
+    assert total["acc"] == 0.5 and total["acc_stderr"] == pytest.approx(0.5)
+    assert total["logprob"] == pytest.approx(right["logprob"] + wrong["logprob"])
+    assert total["pair_perplexity"] == pytest.approx(
+        math.exp(-(right["logprob"] + wrong["logprob"]) / 2)
+    )
+
+    text = run_cli("score", "-m", str(memorised_model_dir), "--pairs", "-f", str(pairs))
+    rows = [row.split("\t") for row in text.out.splitlines()]
+    assert [row[5] for row in rows] == ["1", "0", "0.5000"]  # ACC
+    assert float(rows[2][6]) == pytest.approx(total["pair_perplexity"], rel=1e-4)
+    assert rows[2][-1] == "total" and all(len(row) == 8 for row in rows)
 
     single = run_cli("score", "-m", str(memorised_model_dir), "--context",
                      MEMORISED_PARAGRAPH[:cut], MEMORISED_PARAGRAPH[cut:])  # fmt: skip
     assert single.returncode == 0, single.err
-    fields = dict(line.split(None, 1) for line in single.out.splitlines())
-    assert fields["greedy"] == "yes"
-    assert float(fields["logprob"]) == pytest.approx(right["logprob"], abs=1e-4)
+    (line,) = single.out.splitlines()
+    cells = line.split("\t")
+    assert cells[5] == "1"
+    assert float(cells[4]) == pytest.approx(right["logprob"], abs=1e-4)
 
 
 def test_cli_show_marks_rank_buckets_without_colour(memorised_model_dir) -> None:  # noqa: ANN001
@@ -498,13 +645,13 @@ def test_cli_show_marks_rank_buckets_without_colour(memorised_model_dir) -> None
 def test_show_colours_by_bucket(torch_backend) -> None:  # noqa: ANN001
     import io
 
-    from gpt2cli.commands.score import _BUCKET_STYLES, _Header, _ShowWriter
+    from gpt2cli.commands.score import _BUCKET_STYLES, _Header, _Report, _ShowWriter
 
     options = ScoreOptions(ctx=1024, stride=512, details=True)
     results = score_texts(torch_backend, ["Colour me by rank, please."], options)
     out = io.StringIO()
     header = _Header(torch_backend, options, "float32", False)
-    writer = _ShowWriter(out, header, torch_backend.tokenizer, color=True)
+    writer = _ShowWriter(out, _Report(header, torch_backend.tokenizer), color=True)
     writer.write(results, ["argument 1"])
     writer.close()
     drawn = out.getvalue()
@@ -519,7 +666,9 @@ def test_show_colours_by_bucket(torch_backend) -> None:  # noqa: ANN001
     [
         (["--stride", "9", "--ctx", "8"], "--stride"),
         (["--ctx", "4096"], "longer than the model's context"),
-        (["--json", "--jsonl"], "exclusive"),
+        (["--json", "--jsonl"], "choose one"),
+        (["--show", "--format", "jsonl"], "--show draws text"),
+        (["--limit", "0"], "--limit"),
         (["--show", "--per-token"], "exclusive"),
         (["--pairs", "--context", "x"], "exclusive"),
     ],
@@ -549,4 +698,20 @@ def test_onnx_scoring_never_imports_torch(tiny_onnx_dir) -> None:  # noqa: ANN00
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("text\tposition\tid")
+    assert result.stdout.startswith("index\tposition\tid")
+
+
+# ---------------------------------------------------------------------------------------------
+# export-onnx's validation states the export's KL divergence from PyTorch
+
+
+def test_export_validation_reports_kl_and_top1(tiny_model_dir, tiny_onnx_int8_dir, tiny_onnx_dir,
+                                               capsys) -> None:  # noqa: ANN001
+    from gpt2cli.exporting import validate
+
+    exact = validate(tiny_model_dir, tiny_onnx_dir)
+    assert exact["kl_divergence"] == pytest.approx(0, abs=1e-6)
+    assert exact["top1_agreement"] == 1.0
+    quantized = validate(tiny_model_dir, tiny_onnx_int8_dir, exact=False)
+    assert 0 < quantized["kl_divergence"] <= quantized["kl_divergence_max"] < 0.05
+    assert "KL divergence" in capsys.readouterr().err

@@ -41,6 +41,8 @@ def _score(*args: str) -> str:
         ("--show",),
         ("--pairs",),
         ("--pairs", "--json"),
+        ("--per-token", "--format", "jsonl"),
+        ("--limit", "12"),
     ],
     ids=lambda mode: " ".join(mode) or "text",
 )
@@ -57,13 +59,14 @@ def test_blocks_write_what_one_block_writes(
     monkeypatch.setattr(score_command, "BLOCK_TEXTS", 2)
     assert _score(*args) == whole
     if "--json" in mode:
-        document = json.loads(whole)
-        assert whole == json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-        assert [r["index"] for r in document["results"]] == list(range(7))
-        assert document["total"]["texts"] == 7
+        records = json.loads(whole)
+        assert [r["index"] for r in records] == [*range(7), None]
+        assert records[-1]["source"] == "total" and records[-1]["texts"] == 7
+    if "--limit" in mode:
+        assert whole.splitlines()[-1].split("\t")[2] == "12"
     if mode == ():
-        assert whole.splitlines()[-1].startswith("total\t")
-        assert whole.splitlines()[-2].startswith(f"{source}:7\t")
+        assert whole.splitlines()[-1].endswith("\ttotal")
+        assert whole.splitlines()[-2].endswith(f"\t{source}:7")
 
 
 def _peak_rss_mb(model: Path, lines: Path) -> int:
@@ -72,7 +75,7 @@ def _peak_rss_mb(model: Path, lines: Path) -> int:
                "--lines", "-f", str(lines)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].startswith("total\t")
+    assert result.stdout.splitlines()[-1].endswith("\ttotal")
     return int(report.read_text().split()[-1]) // 1024
 
 
