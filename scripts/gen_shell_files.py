@@ -199,8 +199,10 @@ def _help_of(param: Any, ctx: Any) -> str:
 
 
 def _value_name(param: Any, ctx: Any) -> str:
-    if param.metavar:
-        return param.metavar
+    if param.metavar:  # the app's own (gpt2cli.cli gives every parameter one); choices bare
+        return param.metavar.removeprefix("[").removesuffix("]") if "|" in param.metavar else (
+            param.metavar
+        )
     shown = (param.display_type_rich(ctx) or "<value>").strip("<>")
     if "|" in shown:  # choices: the literal values
         return shown
