@@ -310,7 +310,7 @@ def suggest_option(typo: str, command: Any, root: Any) -> str | None:
     from another tool, the one it abbreviates or extends, else the closest spelling), or the
     commands that have it."""
     key = _dashes(typo.partition("=")[0]).lower()
-    names = _long_names(command)
+    names = [*_long_names(command), "--help"]
     for target in SYNONYMS.get(key, ()):
         if target.split()[0] in names:
             return f"did you mean {target}?"
