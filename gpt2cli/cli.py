@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import errno
 import fcntl
 import io
@@ -323,6 +322,8 @@ def suggest_option(typo: str, command: Any, root: Any) -> str | None:
             return f"did you mean {max(shorter, key=len)}?"
         stems = {name[2:]: name for name in names}
         stems.update({s[2:]: t[0] for s, t in SYNONYMS.items() if t[0].split()[0] in names})
+        import difflib
+
         close = difflib.get_close_matches(key[2:], list(stems), n=2, cutoff=0.75)
         if close:
             return "did you mean " + " or ".join(dict.fromkeys(stems[c] for c in close)) + "?"

@@ -1,10 +1,10 @@
 """One convention for every command (README, "Conventions"): a table of command x format x
 output checks what each prints.
 
-- `--format text|json|jsonl`; text is the default. json is ONE document: an array of one record
-  per input for commands that read texts (extra records, such as score's total, carry
-  `"index": null`), one object for commands about one model (info, export-onnx). jsonl is the
-  same records, one object per line.
+- `--format text|json|jsonl`; text is the default (embed's is jsonl). json is ONE document:
+  an array of one record per input for commands that read texts (extra records, such as
+  score's total, carry `"index": null`), one object for commands about one model (info,
+  export-onnx). jsonl is the same records, one object per line.
 - Every output ends with a newline; json and jsonl end with exactly one.
 - `-o PATH` writes exactly the bytes stdout would get, and prints nothing on stdout; an existing
   PATH is refused (exit 2) without `--force`, and replaced with it.
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.clirun import Result, run_in_process
+from tests.clirun import Result, run_cli, run_in_process
 
 TEXTS = ("Hello world", "The second text.")
 
@@ -39,11 +39,13 @@ class Command:
     model: str | None = None  # a conftest fixture
     per_input: bool = True  # records per input text, else one object about one model
     formats: tuple[str, ...] = ("text", "json", "jsonl")
+    default: str = "text"  # the format without --format
 
 
 COMMANDS = [
     Command("tokenize", ("tokenize", *TEXTS)),
-    Command("embed", ("embed", "-m", "{model}", *TEXTS), "tiny_model_dir"),
+    # embed's default stays jsonl: vectors are read by programs (README: embed).
+    Command("embed", ("embed", "-m", "{model}", *TEXTS), "tiny_model_dir", default="jsonl"),
     Command("score", ("score", "-m", "{model}", *TEXTS), "tiny_model_dir"),
     Command(
         "generate",
@@ -124,10 +126,10 @@ def test_format_to_stdout_and_to_a_file(
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.name for c in COMMANDS])
-def test_text_is_the_default_format(command: Command, request: pytest.FixtureRequest) -> None:
+def test_the_default_format(command: Command, request: pytest.FixtureRequest) -> None:
     args = _args(command, request)
     default = _ok(run_in_process(*args)).stdout
-    assert default == _ok(run_in_process(*args, "--format", "text")).stdout
+    assert default == _ok(run_in_process(*args, "--format", command.default)).stdout
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.name for c in COMMANDS])
@@ -167,7 +169,7 @@ def test_export_onnx_formats(fmt: str, tiny_model_dir: Path, tmp_path: Path) -> 
     command = Command("export-onnx", (), per_input=False)
     outdir = tmp_path / "export"
     args = ("export-onnx", "-m", str(tiny_model_dir), str(outdir), "--format", fmt)
-    result = _ok(run_in_process(*args))
+    result = _ok(run_cli(*args))  # a real process: what it prints depends on its stdout
     assert (outdir / "model.onnx").is_file()
     records = parse(command, fmt, result.out)
     if records is not None:
