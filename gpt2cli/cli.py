@@ -6,12 +6,17 @@ import errno
 import fcntl
 import io
 import os
+import re
 import signal
 import stat
 import sys
+import typing
+from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
 from gpt2cli import __version__
 from gpt2cli.commands.embed import embed
@@ -25,12 +30,106 @@ from gpt2cli.options import CLI_NAMES as CLI_NAMES
 from gpt2cli.options import cli_name
 from gpt2cli.outputs import Settings, color_allowed, escape_controls
 
+HELP_OPTION_NAMES = ["-h", "--help"]
+
+
+def _dashes(token: str) -> str:
+    """Option names are matched with `_` read as `-` (`--top_p` is `--top-p`), as transformers'
+    HfArgumentParser accepts both spellings of its parameter names."""
+    return token.replace("_", "-")
+
+
+# Metavars for parameters that set none, by type: never Typer's `<int>`, `<list[str]>`.
+_TYPE_METAVARS: dict[type, str] = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
+_NAME_METAVARS = {"model": "MODEL", "output": "PATH", "outdir": "OUTDIR", "files": "PATH"}
+# One vocabulary: explicit metavars that mean the same as these are shown as these.
+_SAME_METAVARS = {"STR": "TEXT", "FILE": "PATH", "DIR": "PATH", "INT": "N", "FLOAT": "X"}
+
+
+class _Argument(TyperArgument):
+    """A positional argument shown by its metavar alone (`TEXT...`), as Click shows it, without
+    Typer's type column (`<list[str]>`)."""
+
+    @property
+    def display_name_raw(self) -> str:
+        name = self.metavar or (self.name or "").upper()
+        return name + "..." if self.nargs != 1 else name
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or (self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + "..." if self.nargs != 1 else name
+
+
+def _metavar(param: Any) -> str:
+    """The value placeholder a parameter shows in help: none for flags, the choices for an
+    enum, else by name (MODEL, PATH) or type (N, X, TEXT)."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    if param.metavar:
+        return _SAME_METAVARS.get(param.metavar, param.metavar)
+    element = param.type_descriptor.annotation
+    if typing.get_origin(element) is list:
+        element = typing.get_args(element)[0]
+    if isinstance(element, type) and issubclass(element, Enum):
+        return "[" + "|".join(str(member.value) for member in element) + "]"
+    if param.name in _NAME_METAVARS:
+        return _NAME_METAVARS[param.name]
+    for kind, name in _TYPE_METAVARS.items():
+        if isinstance(element, type) and issubclass(element, kind) and element is not bool:
+            return name
+    return "VALUE"
+
+
+def _escape_markup(text: str | None) -> str | None:
+    """Help is Rich markup to Typer: a literal `[default: gpt2]` or `[start, end]` would vanish."""
+    return re.sub(r"(?<!\\)\[", r"\\[", text) if text else text
+
+
+def _plain_param(param: Any) -> None:
+    param.help = _escape_markup(param.help)
+    if isinstance(param, TyperArgument):
+        param.__class__ = _Argument
+    param.metavar = _metavar(param)
+
+
+def _plain_help(command: Any) -> None:
+    """Give every parameter of `command`, its --help too, a plain metavar and literal help."""
+    command.help = _escape_markup(command.help)
+    # Click makes the help option on first use and keeps it: make it now, to set its metavar.
+    context = typer.Context(command, help_option_names=HELP_OPTION_NAMES)
+    for param in [*command.params, command.get_help_option(context)]:
+        if param is not None:
+            _plain_param(param)
+
+
+class _Group(TyperGroup):
+    """The gpt2cli command group: built by Typer from the registered commands (on every run, so
+    commands registered anywhere are included), then given plain help throughout."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for command in [self, *self.commands.values()]:
+            _plain_help(command)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:  # Typer adds --install-completion and --show-completion later
+            if param.metavar is None:
+                _plain_param(param)
+        return params
+
+
 app = typer.Typer(
     name="gpt2cli",
+    cls=_Group,
     help="Generate, tokenize, embed, score and export with the GPT-2 model family.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_OPTION_NAMES, "token_normalize_func": _dashes},
 )
 
 app.command("tokenize")(tokenize)
@@ -140,7 +239,7 @@ def run(args: list[str]) -> int:
             _silence_stdout()
             return EXIT_FAILURE
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # a Click usage error
-            _error(exc.format_message().replace("\n", " "))
+            _error(_usage_message(exc).replace("\n", " "))
             return int(getattr(exc, "exit_code", EXIT_USAGE))
         if type(exc).__name__ == "Abort":
             return EXIT_INTERRUPTED
@@ -148,6 +247,98 @@ def run(args: list[str]) -> int:
             raise
         _error(f"{type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
         return EXIT_FAILURE
+
+
+# Names other tools use (llama.cpp, OpenAI, transformers) for options gpt2cli spells otherwise,
+# with the spellings to suggest, best first; only those the command has are suggested.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "--json": ("--format json",),
+    "--jsonl": ("--format jsonl",),
+    "--ndjson": ("--format jsonl",),
+    "--max-tokens": ("--max-new-tokens",),
+    "--n-predict": ("--max-new-tokens",),
+    "--num-tokens": ("--max-new-tokens",),
+    "--temp": ("--temperature",),
+    "--ctx-size": ("--ctx-size", "--ctx"),
+    "--context-size": ("--ctx-size", "--ctx"),
+    "--context-length": ("--ctx-size", "--ctx"),
+    "--n-ctx": ("--ctx-size", "--ctx"),
+    "--repeat-penalty": ("--repetition-penalty",),
+    "--num-threads": ("--threads",),
+    "--n-threads": ("--threads",),
+    "--nthreads": ("--threads",),
+    "--out": ("--output",),
+    "--outfile": ("--output",),
+    "--output-file": ("--output",),
+    "--prompt-file": ("--file",),
+    "--input": ("--file",),
+    "--num-sequences": ("--num-return-sequences",),
+    "--sample": ("--do-sample",),
+    "--no-sample": ("--greedy",),
+    "--reverse-prompt": ("--stop",),
+    "--stop-sequence": ("--stop",),
+    "--batch": ("--batch-size",),
+    "--quantization": ("--quantize",),
+    "--normalise": ("--normalize",),
+    "--pool": ("--pooling",),
+}
+
+
+def _usage_message(exc: Exception) -> str:
+    """Click's message, with a useful suggestion for an unknown option."""
+    ctx = getattr(exc, "ctx", None)
+    name = getattr(exc, "option_name", None)
+    if type(exc).__name__ != "NoSuchOption" or ctx is None or not name:
+        return exc.format_message()  # type: ignore[attr-defined]
+    message = f"No such option: {escape_controls(name)}"
+    hint = suggest_option(name, ctx.command, ctx.find_root().command)
+    return f"{message} ({hint})" if hint else message
+
+
+def _long_names(command: Any) -> list[str]:
+    """The visible long option names of `command`, in its order."""
+    return [
+        name
+        for param in command.params
+        if param.param_type_name == "option" and not getattr(param, "hidden", False)
+        for name in (*param.opts, *param.secondary_opts)
+        if name.startswith("--")
+    ]
+
+
+def suggest_option(typo: str, command: Any, root: Any) -> str | None:
+    """What to say about an unknown option `typo` of `command`: the option meant (a synonym
+    from another tool, the one it abbreviates or extends, else the closest spelling), or the
+    commands that have it."""
+    key = _dashes(typo.partition("=")[0]).lower()
+    names = [*_long_names(command), "--help"]
+    for target in SYNONYMS.get(key, ()):
+        if target.split()[0] in names:
+            return f"did you mean {target}?"
+    if key.startswith("--"):
+        longer = [name for name in names if name.startswith(key)]
+        if len(longer) == 1:  # --temp, --max-new
+            return f"did you mean {longer[0]}?"
+        shorter = [name for name in names if key.startswith(name + "-")]
+        if shorter:  # --ctx-len
+            return f"did you mean {max(shorter, key=len)}?"
+        stems = {name[2:]: name for name in names}
+        stems.update({s[2:]: t[0] for s, t in SYNONYMS.items() if t[0].split()[0] in names})
+        import difflib
+
+        close = difflib.get_close_matches(key[2:], list(stems), n=2, cutoff=0.75)
+        if close:
+            return "did you mean " + " or ".join(dict.fromkeys(stems[c] for c in close)) + "?"
+    here = getattr(command, "name", None)
+    elsewhere = [
+        name
+        for name, other in getattr(root, "commands", {}).items()
+        if name != here and not other.hidden
+        and any(key in (*p.opts, *p.secondary_opts) for p in other.params if not p.hidden)
+    ]
+    if elsewhere:
+        return f"{key} is an option of {', '.join(elsewhere)}"
+    return None
 
 
 # Parameters that name files or models: any bytes the file system allows are fine there.
@@ -234,7 +425,7 @@ def _parameter_names(args: list[str]) -> tuple[str | None, dict[int, tuple[str, 
             only_arguments = True
         elif not only_arguments and arg.startswith("-") and len(arg) > 1:
             flag, _, value = arg.partition("=")
-            param = options.get(flag)
+            param = options.get(flag) or options.get(_dashes(flag))
             if param is not None and not getattr(param, "is_flag", False):
                 name = flag
                 is_path = param.name in PATH_PARAMETERS

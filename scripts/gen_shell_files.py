@@ -199,8 +199,10 @@ def _help_of(param: Any, ctx: Any) -> str:
 
 
 def _value_name(param: Any, ctx: Any) -> str:
-    if param.metavar:
-        return param.metavar
+    if param.metavar:  # the app's own (gpt2cli.cli gives every parameter one); choices bare
+        return param.metavar.removeprefix("[").removesuffix("]") if "|" in param.metavar else (
+            param.metavar
+        )
     shown = (param.display_type_rich(ctx) or "<value>").strip("<>")
     if "|" in shown:  # choices: the literal values
         return shown
@@ -211,10 +213,13 @@ def _paragraphs(text: str) -> list[str]:
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
 
 
-def _option_names(cmd: Command) -> set[str]:
+def _option_names(cmd: Command, hidden: bool = False) -> set[str]:
+    """The option names of `cmd` (with `hidden`, also those of hidden aliases such as --json)."""
     names: set[str] = set()
-    for param in _params(cmd, "option"):
-        names.update(param.opts, param.secondary_opts)
+    params = cmd.command.get_params(cmd.context) if hidden else _params(cmd, "option")
+    for param in params:
+        if param.param_type_name == "option":
+            names.update(param.opts, param.secondary_opts)
     return names
 
 
@@ -226,7 +231,7 @@ def check_example(line: str, commands: dict[str, Command], root: Command) -> Non
         path, rest = f"{path} {rest[0]}", rest[1:]
     if words[0] != PROG or path == PROG:
         raise SystemExit(f"example runs no gpt2cli command: {line}")
-    known = _option_names(commands[path]) | _option_names(root)
+    known = _option_names(commands[path], hidden=True) | _option_names(root)
     for word in rest:
         flag = word.split("=", 1)[0]
         if flag.startswith("-") and flag != "-" and flag not in known:
