@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2cli.errors import InputError, ModelError
-from gpt2cli.generation_params import PARAMETERS, Parameter
+from gpt2cli.generation_params import GLOBAL_MAX_LENGTH, PARAMETERS, Parameter
 
 TOKENIZER_FILES = [
     "tokenizer.json",
@@ -420,3 +420,19 @@ def check_weight_shapes(
                 f"config.json's sizes give {key} {'x'.join(map(str, want))}, "
                 f"but {file} holds {'x'.join(map(str, shape))}"
             )
+
+
+def config_sets_length(directory: Path) -> bool:
+    """Whether `directory`'s generation_config.json sets a length (max_new_tokens, or a
+    max_length other than transformers' 20). The text-generation pipeline looks there only: a
+    max_length in config.json's task_specific_params (gpt2's 50) does not replace its default
+    of new tokens."""
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return False
+    settings = read_json_settings(path)  # checked when the model was located
+    if not isinstance(settings, dict):
+        return False
+    return settings.get("max_new_tokens") is not None or settings.get("max_length") not in (
+        None, GLOBAL_MAX_LENGTH,
+    )

@@ -152,22 +152,10 @@ class Session:
         )
 
     def config_sets_length(self) -> bool:
-        """Whether the model's generation_config.json sets a length (max_new_tokens, or a
-        max_length other than transformers' 20). The pipeline looks there only: a max_length
-        in config.json's task_specific_params (gpt2's 50) does not replace its default of new
-        tokens."""
-        from gpt2cli.generation_params import GLOBAL_MAX_LENGTH
-        from gpt2cli.model_files import read_json_settings
+        """Whether the model's generation config sets a length (model_files.config_sets_length)."""
+        from gpt2cli.model_files import config_sets_length
 
-        path = self.located.directory / "generation_config.json"
-        if not path.is_file():
-            return False
-        settings = read_json_settings(path)  # checked when the model was located
-        if not isinstance(settings, dict):
-            return False
-        return settings.get("max_new_tokens") is not None or settings.get("max_length") not in (
-            None, GLOBAL_MAX_LENGTH,
-        )
+        return config_sets_length(self.located.directory)
 
     def generate(
         self,

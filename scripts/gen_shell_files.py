@@ -111,7 +111,10 @@ EXAMPLES: list[tuple[str, tuple[str, ...]]] = [
         ("gpt2cli tokenize --count -f a.txt -f b.txt",),
     ),
     ("Turn token ids back into text:", ("echo 15496 11 314 1101 | gpt2cli tokenize --decode",)),
-    ("One JSON object per line of a file:", ("gpt2cli tokenize --lines --jsonl -f lines.txt",)),
+    (
+        "One JSON object per line of a file:",
+        ("gpt2cli tokenize --lines --format jsonl -f lines.txt",),
+    ),
     (
         "Generate reproducibly from a prompt:",
         ('gpt2cli generate -m gpt2 --seed 42 --max-new-tokens 40 "Once upon a time"',),

@@ -42,8 +42,10 @@ def test_info_of_a_torch_directory(tiny_model_dir: Path) -> None:
     assert {k: from_model[k] for k in ("do_sample", "max_length")} == {
         "do_sample": True, "max_length": 50
     }  # fmt: skip
+    # what generate applies: the pipeline's 256 new tokens, since generation_config.json sets no
+    # length (task_specific_params' max_length 50 does not replace it, as in transformers)
     assert report["generation_defaults"] == {**TRANSFORMERS_DEFAULTS, "do_sample": True,
-                                             "max_length": 50}  # fmt: skip
+                                             "max_length": 50, "max_new_tokens": 256}  # fmt: skip
 
 
 def test_info_of_an_int8_export(tiny_onnx_int8_dir: Path, tiny_model_dir: Path) -> None:

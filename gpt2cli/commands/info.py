@@ -63,7 +63,6 @@ def info(
 def describe(model: str) -> dict[str, Any]:
     """The `info` object of `model` (a directory or a Hub id)."""
     from gpt2cli.backends import registry
-    from gpt2cli.generation_params import TRANSFORMERS_DEFAULTS
     from gpt2cli.loader import locate_model
     from gpt2cli.model_files import (
         METADATA_FILES,
@@ -86,8 +85,7 @@ def describe(model: str) -> dict[str, Any]:
     files = _files(directory)
     parameters, counted_from = _parameters(directory, config, model_config)
     from_model = dict(model_config.generation_defaults)
-    defaults = {**TRANSFORMERS_DEFAULTS, **{k: v for k, v in from_model.items()
-                                           if k in TRANSFORMERS_DEFAULTS}}  # fmt: skip
+    defaults = _generation_defaults(directory, from_model)
     manifest = _manifest(directory)
     present = [name for name in registry.NAMES if registry.get(name).detect(directory)]
     return {
@@ -232,3 +230,17 @@ def render(report: dict[str, Any]) -> str:
         where = "model" if key in model_keys else "transformers"
         lines.append(f"  {key:<{keys}}  {e(to_json(value)):<8}  {where}")
     return "\n".join(lines) + "\n"
+
+
+def _generation_defaults(directory: Path, from_model: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters `generate` will use when given none: transformers' defaults,
+    the model's settings, and the pipeline's default of new tokens where no length is set."""
+    from dataclasses import asdict
+
+    from gpt2cli.generation_params import TRANSFORMERS_DEFAULTS, GenerationParams
+    from gpt2cli.model_files import config_sets_length
+
+    params = asdict(
+        GenerationParams.resolve(from_model, {}, model_length=config_sets_length(directory))
+    )
+    return {name: params[name] for name in TRANSFORMERS_DEFAULTS if name in params}
