@@ -69,6 +69,8 @@ FILES = {
     "a.txt": "The quick brown fox jumps over the lazy dog.\n",
     "b.txt": "Hello world\n",
     "lines.txt": "The first sentence.\nThe second sentence.\n",
+    "sentences.txt": "The cat sat on the mat.\nMat the on sat cat the.\nA fine day.\n",
+    "long.txt": "A text longer than the model's context. " * 300,
     "essay.txt": "Language models assign probabilities to text. " * 8 + "\n",
     "suspicious.txt": "This text may or may not have been written by a model.\n",
     "lambada.jsonl": '{"context": "The capital of France is", "continuation": " Paris"}\n'
