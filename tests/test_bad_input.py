@@ -126,7 +126,7 @@ INPUT_CASES = [
     Case("stdin twice", ("tokenize", "-f", "-", "-f", "-"), 2, "'-' (stdin) can be given only"),
     Case("unknown option", ("tokenize", "--frobnicate"), 2, "No such option: --frobnicate"),
     Case("threads 0", ("tokenize", "--threads", "0", "x"), 2, "--threads: must be from 1 to"),
-    Case("exclusive formats", ("tokenize", "--json", "--jsonl", "x"), 2, "exclusive"),
+    Case("exclusive formats", ("tokenize", "--json", "--jsonl", "x"), 2, "given together"),
     Case(
         "decode id = vocabulary size",
         ("tokenize", "--decode", "15496 50257"),
