@@ -55,7 +55,7 @@ def test_todays_spellings() -> None:
     assert "-t" not in options["temperature"].opts  # -t is --threads, as in llama.cpp
     assert options["do_sample"].opts == ["--do-sample"]
     assert options["do_sample"].secondary_opts == ["--greedy"]
-    assert options["stop"].metavar == "STR"
+    assert options["stop"].metavar == "TEXT"
 
 
 def test_cli_values_become_overrides() -> None:
