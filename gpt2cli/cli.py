@@ -24,6 +24,7 @@ from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.generate import generate
 from gpt2cli.commands.info import info
 from gpt2cli.commands.score import score
+from gpt2cli.commands.serve import serve
 from gpt2cli.commands.tokenize import tokenize
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, CliError, InputError
 from gpt2cli.options import CLI_NAMES as CLI_NAMES
@@ -138,6 +139,7 @@ app.command("score")(score)
 app.command("generate")(generate)
 app.command("export-onnx")(export_onnx)
 app.command("info")(info)
+app.command("serve")(serve)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

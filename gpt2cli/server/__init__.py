@@ -1,0 +1,1 @@
+"""`gpt2cli serve`: the HTTP server (FastAPI + uvicorn) over one engine thread."""
