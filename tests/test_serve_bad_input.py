@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.serverrun import ServerProcess, start_server
+from tests.serverrun import RunningServer, running_server
 
 httpx = pytest.importorskip("httpx")
 
-MAX_BODY = 1_000_000  # the server's --max-body-bytes here
+MAX_BODY = 4_000_000  # the server's --max-body-bytes here: a 1e6-id list (3 MB) fits
 COMPLETIONS = "/v1/completions"
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -37,6 +37,7 @@ class HttpCase:
     json_body: Any = None
     raw: bytes | None = None
     status: int = 400
+    xfail: str = ""  # a known fault of the server, with who was told
 
     def content(self) -> bytes:
         if self.raw is not None:
@@ -66,6 +67,13 @@ WRONG_TYPES: list[tuple[str, Any]] = [
     ("stream", 1), ("stream_options", 5), ("stream_options", {"include_usage": "yes"}),
     ("logprobs", "x"), ("logprobs", 1.5), ("echo", "x"), ("echo", 1),
 ]  # fmt: skip
+
+# Known faults of the server (i14-server at 65ffe39), reported to the lead.
+XFAIL = {
+    ("stream_options", repr({"include_usage": "yes"})):
+        "server: stream_options.include_usage is not type-checked (answered 200)",
+}  # fmt: skip
+EMBEDDINGS_PARAM = "server: /v1/embeddings names its field `prompt`, not `input`"
 
 # Out-of-range values: (field, value).
 OUT_OF_RANGE: list[tuple[str, Any]] = [
@@ -123,7 +131,7 @@ CASES: list[HttpCase] = [
     HttpCase("1025 prompts (over the cap)", COMPLETIONS, "prompt",
              json_body=_completion(prompt=["x"] * 1025)),  # fmt: skip
     HttpCase("a 1e6-token id list", COMPLETIONS, "prompt",
-             json_body=_completion(prompt=[198] * 1_000_000)),  # fmt: skip
+             json_body=_completion(prompt=[0] * 1_000_000)),  # fmt: skip
     HttpCase("id lists over the context", COMPLETIONS, "prompt",
              json_body=_completion(prompt=[[198] * 1025] * 2)),  # fmt: skip
     HttpCase("a prompt over the context", COMPLETIONS, "prompt",
@@ -138,7 +146,7 @@ CASES: list[HttpCase] = [
              json_body=_completion(max_tokens=0)),  # fmt: skip
     *(
         HttpCase(f"{name} {json.dumps(value)[:40]} (type)", COMPLETIONS, name,
-                 json_body=_completion(**{name: value}))
+                 json_body=_completion(**{name: value}), xfail=XFAIL.get((name, repr(value)), ""))
         for name, value in WRONG_TYPES
     ),  # fmt: skip
     *(
@@ -179,11 +187,12 @@ CASES: list[HttpCase] = [
     HttpCase("/detokenize ids not a list", "/detokenize", "tokens", json_body={"tokens": "a"}),
     HttpCase("/detokenize 2**70", "/detokenize", "tokens", json_body={"tokens": [2**70]}),
     HttpCase("/v1/embeddings input not text", "/v1/embeddings", "input", json_body={"input": 5}),
-    HttpCase("/v1/embeddings empty input", "/v1/embeddings", "input", json_body={"input": ""}),
+    HttpCase("/v1/embeddings empty input", "/v1/embeddings", "input", json_body={"input": ""},
+             xfail=EMBEDDINGS_PARAM),  # fmt: skip
     HttpCase("/v1/embeddings input over the context", "/v1/embeddings", "input",
              json_body={"input": [198] * 2000}),  # fmt: skip
     HttpCase("/v1/embeddings id out of the vocabulary", "/v1/embeddings", "input",
-             json_body={"input": [[50257]]}),  # fmt: skip
+             json_body={"input": [[50257]]}, xfail=EMBEDDINGS_PARAM),  # fmt: skip
     # oversized bodies
     HttpCase("oversized body (Content-Length)", COMPLETIONS, "body",
              raw=b'{"prompt": "' + b"a" * MAX_BODY + b'"}', status=413),  # fmt: skip
@@ -193,16 +202,16 @@ CASES: list[HttpCase] = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_onnx_dir: Path) -> Iterator[ServerProcess]:
+def server(tiny_onnx_dir: Path) -> Iterator[RunningServer]:
     """`gpt2cli serve` on the tiny ONNX model, with a 1 MB body limit."""
-    with start_server(
+    with running_server(
         tiny_onnx_dir, "--backend", "onnx", "--slots", "2", "--max-body-bytes", str(MAX_BODY)
     ) as running:  # fmt: skip
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
+def client(server: RunningServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as session:
         yield session
 
@@ -236,7 +245,15 @@ def test_extreme_values_are_answered_or_refused(
     _assert_still_serving(client)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.xfail(reason=case.xfail, strict=True))
+        if case.xfail else case
+        for case in CASES
+    ],
+    ids=[case.id for case in CASES],
+)
 def test_bad_request_gets_a_4xx_naming_the_field(client: httpx.Client, case: HttpCase) -> None:
     answer = client.post(case.route, content=case.content(), headers=JSON_HEADERS)
     _assert_names_field(answer, case)
@@ -264,9 +281,9 @@ def test_bad_stream_requests_fail_before_streaming(client: httpx.Client) -> None
     _assert_still_serving(client)
 
 
-def test_no_traceback_in_the_log(client: httpx.Client, server: ServerProcess) -> None:
+def test_no_traceback_in_the_log(client: httpx.Client, server: RunningServer) -> None:
     """Runs last in this file: after every case above, the server logged no traceback."""
     _assert_still_serving(client)
-    log = server.log_text()
+    log = server.stderr()
     assert "Traceback" not in log, log[-3000:]
     assert server.process.poll() is None

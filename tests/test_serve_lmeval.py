@@ -16,7 +16,7 @@ import pytest
 
 from tests.clirun import run_cli
 from tests.models import MEMORISED_PARAGRAPH
-from tests.serverrun import ServerProcess, start_server
+from tests.serverrun import RunningServer, running_server
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed")
 pytest.importorskip("aiohttp", reason="lm_eval[api] is not installed")
@@ -37,9 +37,9 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def server(memorised_model_dir: Path) -> Iterator[ServerProcess]:
+def server(memorised_model_dir: Path) -> Iterator[RunningServer]:
     """`gpt2cli serve` on the memorised model (torch), on a free loopback port."""
-    with start_server(memorised_model_dir, "--backend", "torch", "--slots", "4") as running:
+    with running_server(memorised_model_dir, "--backend", "torch", "--slots", "4") as running:
         yield running
 
 
@@ -61,7 +61,7 @@ def cli_scores(memorised_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     return records[:-1]
 
 
-def _local_completions(server: ServerProcess, model_dir: Path, **options: object) -> object:
+def _local_completions(server: RunningServer, model_dir: Path, **options: object) -> object:
     """lm-eval's `local-completions` model on the server, with the model directory's own
     tokenizer files (no Hub)."""
     from lm_eval.api.registry import get_model
@@ -88,7 +88,7 @@ def _instances(pairs: list[tuple[str, str]]) -> list[object]:
     ids=["one-by-one", "batched-prompts", "concurrent"],
 )
 def test_lm_eval_loglikelihood_equals_score_pairs(
-    server: ServerProcess, memorised_model_dir: Path, cli_scores: list[dict],
+    server: RunningServer, memorised_model_dir: Path, cli_scores: list[dict],
     options: dict[str, int],
 ) -> None:  # fmt: skip
     lm = _local_completions(server, memorised_model_dir, **options)
@@ -102,4 +102,6 @@ def test_lm_eval_loglikelihood_equals_score_pairs(
         assert is_greedy is record["is_greedy"], where
     # the memorised continuation is greedy, the made-up one is not: the check can tell
     assert [greedy for _, greedy in results[:2]] == [True, False]
-    assert server.healthy()
+    import httpx
+
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
