@@ -140,7 +140,8 @@ def start_gpt2cli(precision: str, args: argparse.Namespace, logs: Path) -> Serve
     port = free_port()
     command = [
         common.GPT2CLI, "serve", "-m", str(model_dir(variant)), "--backend", "onnx",
-        "-t", str(args.threads), "--slots", str(args.slots), "--max-queue", str(args.requests),
+        "-t", str(args.threads), "--slots", str(args.slots),
+        "--max-queue", str(max(args.requests, args.slots)),
         "--host", "127.0.0.1", "--port", str(port), "--no-ui",
     ]  # fmt: skip
     return _start(f"gpt2cli {variant}", "gpt2cli", precision, command, port, logs)
