@@ -43,6 +43,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gpt2cli.commands.*",
             "gpt2cli.cli",
             "gpt2cli.__main__",
+            "gpt2cli.server",
+            "gpt2cli.server.*",
         ),
     ),
 ]

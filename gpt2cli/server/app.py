@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import Request  # the routes' annotations are resolved in this module
+
 from gpt2cli.server.common import (
     PUBLIC_PATHS,
     RETRY_AFTER_SECONDS,
@@ -27,7 +29,7 @@ from gpt2cli.server.common import (
 )
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
 
     from gpt2cli.session import Session
 
