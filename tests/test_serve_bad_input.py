@@ -69,11 +69,8 @@ WRONG_TYPES: list[tuple[str, Any]] = [
 ]  # fmt: skip
 
 # Known faults of the server (i14-server at 65ffe39), reported to the lead.
-XFAIL = {
-    ("stream_options", repr({"include_usage": "yes"})):
-        "server: stream_options.include_usage is not type-checked (answered 200)",
-}  # fmt: skip
-EMBEDDINGS_PARAM = "server: /v1/embeddings names its field `prompt`, not `input`"
+XFAIL: dict[tuple[str, str], str] = {}  # (field, repr(value)): a known fault of the server
+EMBEDDINGS_PARAM = ""  # fixed: /v1/embeddings names its field `input`
 
 # Out-of-range values: (field, value).
 OUT_OF_RANGE: list[tuple[str, Any]] = [

@@ -72,46 +72,49 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> 
     return value
 
 
-def _prompts(value: Any, tokenizer: Tokenizer) -> list[tuple[str, list[int]]]:
-    """OpenAI's prompt forms: a string, a list of strings, token ids, a list of id lists."""
+def _prompts(
+    value: Any, tokenizer: Tokenizer, field: str = "prompt"
+) -> list[tuple[str, list[int]]]:
+    """OpenAI's prompt forms: a string, a list of strings, token ids, a list of id lists
+    (`field`: the request field that holds them, `prompt` or `input`)."""
 
     def ids_of(item: list[Any], where: str) -> list[int]:
         if not item:
-            raise ApiError(400, f"{where}: the prompt is empty", param="prompt")
+            raise ApiError(400, f"{where}: the prompt is empty", param=field)
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-            raise ApiError(400, f"{where}: token ids must be integers", param="prompt")
+            raise ApiError(400, f"{where}: token ids must be integers", param=field)
         try:
             tokenizer.check_ids(item)
         except InputError as exc:
-            raise ApiError(400, f"{where}: {exc.render()}", param="prompt") from None
+            raise ApiError(400, f"{where}: {exc.render()}", param=field) from None
         return list(item)
 
     def text_of(item: str, where: str) -> tuple[str, list[int]]:
         if "\0" in item:
-            raise ApiError(400, f"{where}: contains a NUL character", param="prompt")
+            raise ApiError(400, f"{where}: contains a NUL character", param=field)
         ids = tokenizer.encode(item)
         if not ids:
-            raise ApiError(400, f"{where}: the prompt is empty (no tokens)", param="prompt")
+            raise ApiError(400, f"{where}: the prompt is empty (no tokens)", param=field)
         return item, ids
 
     if value is None:
-        raise ApiError(400, "prompt: required", param="prompt")
+        raise ApiError(400, f"{field}: required", param=field)
     if isinstance(value, str):
-        return [text_of(value, "prompt")]
+        return [text_of(value, field)]
     if not isinstance(value, list) or not value:
         raise ApiError(
-            400, "prompt: expected a string, a list of strings, token ids or a list of token id "
-            f"lists, got {json_type(value) if value != [] else 'an empty list'}", param="prompt"
+            400, f"{field}: expected a string, a list of strings, token ids or a list of token id "
+            f"lists, got {json_type(value) if value != [] else 'an empty list'}", param=field
         )
-    if len(value) > MAX_PROMPTS:
-        raise ApiError(400, f"prompt: {len(value)} prompts, more than {MAX_PROMPTS}",
-                       param="prompt")
     if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        ids = ids_of(value, "prompt")
+        ids = ids_of(value, field)  # one prompt of token ids (the context bounds its length)
         return [(tokenizer.decode(ids), ids)]
+    if len(value) > MAX_PROMPTS:
+        raise ApiError(400, f"{field}: {len(value)} prompts, more than {MAX_PROMPTS}",
+                       param=field)
     out = []
     for i, item in enumerate(value):
-        where = f"prompt[{i}]"
+        where = f"{field}[{i}]"
         if isinstance(item, str):
             out.append(text_of(item, where))
         elif isinstance(item, list):
@@ -119,7 +122,7 @@ def _prompts(value: Any, tokenizer: Tokenizer) -> list[tuple[str, list[int]]]:
             out.append((tokenizer.decode(ids), ids))
         else:
             raise ApiError(400, f"{where}: expected a string or token ids, got {json_type(item)}",
-                           param="prompt")
+                           param=field)
     return out
 
 
@@ -152,7 +155,10 @@ def plan_completion(state: ServerState, body: dict[str, Any]) -> CompletionPlan:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "stream_options: expected an object", param="stream_options")
-    include_usage = bool(options.get("include_usage", False))
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise ApiError(400, "stream_options.include_usage: expected a boolean, got "
+                       f"{json_type(include_usage)}", param="stream_options.include_usage")
     max_tokens = overrides.get("max_new_tokens")
     if max_tokens is None and "max_length" not in overrides:
         max_tokens = overrides["max_new_tokens"] = DEFAULT_MAX_TOKENS
@@ -478,7 +484,7 @@ async def embeddings(request: Request) -> dict[str, Any]:
     if not isinstance(value, list) or not value:
         raise ApiError(400, "input: expected a string, a list of strings, token ids or a list "
                        "of token id lists", param="input")
-    prompts = _prompts(value, tokenizer)
+    prompts = _prompts(value, tokenizer, "input")
     context = state.session.info.n_positions
     for i, (_, ids) in enumerate(prompts):
         if len(ids) > context:
