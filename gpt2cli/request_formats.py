@@ -154,7 +154,7 @@ def parse_request(
     if not isinstance(raw, dict):
         raise InputError(f"{source}: {params_key}: expected an object")
     parameters = {
-        name: _check_type(name, value, f"{source}: {params_key}.{name}")
+        name: check_type(name, value, f"{source}: {params_key}.{name}")
         for name, value in raw.items()
         if value is not None
     }
@@ -309,7 +309,9 @@ def _check_service_fields(body: dict[str, Any], source: str) -> None:
         )
 
 
-def _check_type(name: str, value: Any, where: str) -> Any:
+def check_type(name: str, value: Any, where: str) -> Any:
+    """`value` of generation parameter `name` checked against its JSON type (the server's
+    /v1 routes use it too)."""
     expected = PARAMETER_TYPES.get(name)
     if expected is None:
         raise InputError(f"{where}: unknown parameter")

@@ -280,8 +280,8 @@ class Scheduler:
             try:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - handed to every row's handle
-                self._fail_all(exc)
-        self._fail_all(None)
+                self.fail_all(exc)
+        self.fail_all(None)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -445,8 +445,9 @@ class Scheduler:
         row.handle._emit(StepEvent(None, text, reason))
         row.handle._end()
 
-    def _fail_all(self, error: BaseException | None) -> None:
-        """End every row in flight or waiting (error None: the scheduler is stopping)."""
+    def fail_all(self, error: BaseException | None) -> None:
+        """End every row in flight or waiting (error None: the scheduler is stopping). For the
+        owning thread: serve() calls it, and so does a front end that drives step() itself."""
         self._take_inbox()
         handles = [row.handle for row in self._rows if not row.sequence.finished]
         handles += self._waiting

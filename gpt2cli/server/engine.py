@@ -198,7 +198,7 @@ class Engine:
             try:
                 ran = scheduler.step()
             except Exception as exc:  # noqa: BLE001 - ends the rows in flight, not the server
-                scheduler._fail_all(exc)
+                scheduler.fail_all(exc)
                 ran = True
             self._pump()
             self.running, self.waiting = scheduler.running, scheduler.waiting
@@ -245,7 +245,7 @@ class Engine:
 
     def _fail_everything(self) -> None:
         if self.scheduler is not None:
-            self.scheduler._fail_all(None)
+            self.scheduler.fail_all(None)
             self._take_subs()
             self._pump()
         while True:

@@ -129,7 +129,7 @@ def _prompts(
 def plan_completion(state: ServerState, body: dict[str, Any]) -> CompletionPlan:
     """Check a /v1/completions body before anything is queued (runs in a worker thread)."""
     from gpt2cli.decoding import fresh_seed
-    from gpt2cli.request_formats import _check_type
+    from gpt2cli.request_formats import check_type
 
     session = state.session
     context = session.info.n_positions
@@ -143,7 +143,7 @@ def plan_completion(state: ServerState, body: dict[str, Any]) -> CompletionPlan:
         if value is None:
             continue
         try:
-            overrides[parameter.name] = _check_type(parameter.name, value, field)
+            overrides[parameter.name] = check_type(parameter.name, value, field)
         except InputError as exc:
             raise ApiError(400, exc.render(), param=field) from None
     echo = _field(body, "echo", bool, False)
