@@ -1,9 +1,12 @@
 """The ONNX export engine behind `gpt2cli export-onnx`.
 
-Steps: optimum exports the model (text-generation-with-past); a graph edit stores GPT-2's tied
-embedding once and adds `hidden_states.{i}` outputs and an overridable `logits_to_keep` input
-(default 0 = all positions, so optimum's ORTModelForCausalLM runs the file unchanged); optional
-int8 (dynamic) or int4 (MatMulNBits, weight-only) quantization; validation against PyTorch; the
+Two graphs. The default, `fused`, is GPT-2's decoder built directly from the weights with ONNX
+Runtime's fused operators (`onnx_graph`: about 7 nodes a layer). `optimum` is optimum's export
+(text-generation-with-past) finished by a graph edit that stores GPT-2's tied embedding once and
+adds `hidden_states.{i}` outputs and an overridable `logits_to_keep` input (default 0 = all
+positions). Both have the same inputs and outputs. Optional quantization: the fused graph's
+weight matrices become MatMulNBits (8- or 4-bit blocks, int8 arithmetic); the optimum graph's
+int8 is dynamic quantization, its int4 MatMulNBits. Then validation against PyTorch; the
 tokenizer, configs and a manifest beside the model. Everything is written to a temporary
 directory beside OUTDIR and renamed into place at the end.
 
@@ -52,6 +55,7 @@ from gpt2cli.outputs import Settings, check_directory, temp_name
 
 TASK = "text-generation-with-past"
 QUANTIZATIONS = ("int8", "int4")
+GRAPHS = ("fused", "optimum")
 MS_DOMAIN = "com.microsoft"
 # An fp32 export whose logits stray further than this from PyTorch's is refused.
 FP32_TOLERANCE = 1e-3
@@ -73,8 +77,9 @@ class ExportOptions:
     """What `export-onnx` was asked to do."""
 
     quantize: str | None = None  # None, "int8" or "int4"
-    per_channel: bool = False  # int8: one scale per output channel
-    block_size: int = 32  # int4: weights per quantization block
+    per_channel: bool = False  # optimum graph's int8: one scale per output channel
+    block_size: int = 32  # weights per quantization block (MatMulNBits)
+    graph: str = "fused"  # "fused" (onnx_graph) or "optimum"
     validate: bool = True
     force: bool = False
     opset: int | None = None
@@ -101,11 +106,19 @@ def export_model(
         raise InputError(
             param="quantize", reason=f"expected int8 or int4, got {options.quantize!r}"
         )
+    if options.graph not in GRAPHS:
+        raise InputError(param="graph", reason=f"expected fused or optimum, got {options.graph!r}")
     if options.block_size not in BLOCK_SIZES:
         raise InputError(
             param="block_size",
             reason=f"expected one of {', '.join(map(str, BLOCK_SIZES))}, "
             f"got {options.block_size}"
+        )
+    if options.per_channel and options.graph == "fused":
+        raise InputError(
+            param="per_channel", reason="applies to the optimum graph's int8 only",
+            hint="add {graph} optimum, or leave it out (the fused graph's blocks have a scale "
+            "each)",
         )
     outdir = Path(outdir).expanduser()
     source = Path(model).expanduser()
@@ -124,18 +137,28 @@ def export_model(
         raise InputError(f"{outdir}: cannot create the export there: {exc.strerror}") from None
     try:
         raw, edited, final = staging / "optimum", staging / "edited", staging / "final"
-        progress(f"exporting {model} with optimum ({TASK})")
-        _optimum_export(source_dir, raw, options.opset)
-        progress("tying the embedding, adding hidden-state outputs and logits_to_keep")
-        _run_stage("ONNX graph edit", staging, lambda: finish_graph(raw, edited, config))
-        shutil.rmtree(raw)
+        fused = _fused(options, config)
+        if fused:
+            progress(f"building the fused GPT-2 graph of {model}")
+            _run_stage(
+                "ONNX graph build",
+                staging,
+                lambda: build_fused(source_dir, edited, config, options),
+            )
+            progress("checking the graph")
+        else:
+            progress(f"exporting {model} with optimum ({TASK})")
+            _optimum_export(source_dir, raw, options.opset)
+            progress("tying the embedding, adding hidden-state outputs and logits_to_keep")
+            _run_stage("ONNX graph edit", staging, lambda: finish_graph(raw, edited, config))
+            shutil.rmtree(raw)
         if options.quantize:
             progress(f"quantizing to {options.quantize}")
             final.mkdir()
             _run_stage(
                 "quantization",
                 staging,
-                lambda: quantize(edited / ONNX_MODEL, final / ONNX_MODEL, options),
+                lambda: quantize(edited / ONNX_MODEL, final / ONNX_MODEL, options, fused),
             )
             _copy_metadata(edited, final)
             shutil.rmtree(edited)
@@ -146,7 +169,7 @@ def export_model(
         if options.validate:
             progress("validating against PyTorch")
             validation = validate(source_dir, final, exact=options.quantize is None)
-        manifest = _manifest(model, source_dir, final, options, validation, started)
+        manifest = _manifest(model, source_dir, final, options, validation, started, fused)
         (final / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _move_into_place(final, outdir, staging, options.force)
     finally:
@@ -336,6 +359,65 @@ def _optimum_export(source_dir: Path, target: Path, opset: int | None) -> None:
     )
     if not (target / ONNX_MODEL).is_file():
         raise ModelError(f"ONNX export failed: optimum wrote no {ONNX_MODEL}")
+
+
+def _fused(options: ExportOptions, config: dict[str, Any]) -> bool:
+    """Whether this export builds the fused graph: asked for, and the model is one it can
+    express (otherwise optimum's export, said on stderr)."""
+    from gpt2cli.onnx_graph import unsupported
+
+    if options.graph != "fused":
+        return False
+    reason = unsupported(config)
+    if reason:
+        from gpt2cli.outputs import warn
+
+        warn(f"the fused graph does not support {reason}; exporting optimum's graph instead")
+        return False
+    return True
+
+
+def build_fused(
+    source_dir: Path, target: Path, config: dict[str, Any], options: ExportOptions
+) -> None:
+    """The fused graph (`onnx_graph.build_decoder`) of the checkpoint in `source_dir`, saved in
+    `target` with its weights in model.onnx_data."""
+    import onnx
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from gpt2cli.backends.torch import check_pickled_weights
+    from gpt2cli.onnx_graph import OPSET, build_decoder
+
+    opset = options.opset or OPSET
+    if opset < OPSET:
+        raise InputError(
+            param="opset", reason=f"the fused graph needs opset {OPSET} or later, got {opset}",
+            hint="use {graph} optimum for an older opset",
+        )
+    try:
+        check_torch_weights(source_dir, config)
+        if not any(source_dir.glob("model*.safetensors")):
+            check_pickled_weights(source_dir, config)
+    except ModelError as exc:
+        raise ModelError(f"ONNX export failed: {exc.message}") from None
+    model = GPT2LMHeadModel.from_pretrained(
+        str(source_dir), local_files_only=True, dtype=torch.float32
+    )
+    weights = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
+    graph = build_decoder(weights, config, quantizable=bool(options.quantize), opset=opset)
+    del model, weights
+    target.mkdir()
+    path = target / ONNX_MODEL
+    onnx.save(
+        graph,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_DATA,
+        size_threshold=1024,
+    )
+    onnx.checker.check_model(str(path))
 
 
 def _load_graph(path: Path, with_weights: bool = False) -> Any:
@@ -576,10 +658,14 @@ def _prepare_for_quantization(model: Any) -> None:
     graph.initializer.extend(keep)
 
 
-def quantize(source: Path, target: Path, options: ExportOptions) -> None:
-    """int8 dynamic quantization of every weight matrix, or int4 weight-only quantization of
-    every weight matrix and embedding table."""
+def quantize(source: Path, target: Path, options: ExportOptions, fused: bool = False) -> None:
+    """The fused graph: see `_quantize_fused`. optimum's graph: int8 dynamic quantization of
+    every weight matrix, or int4 weight-only quantization of every weight matrix and embedding
+    table."""
     model = _load_graph(source, with_weights=True)
+    if fused:
+        _quantize_fused(model, target, options)
+        return
     _prepare_for_quantization(model)
     if options.quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -605,6 +691,28 @@ def quantize(source: Path, target: Path, options: ExportOptions) -> None:
         is_symmetric=False,
         accuracy_level=4,
         op_types_to_quantize=("MatMul", "Gather"),
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
+
+
+def _quantize_fused(model: Any, target: Path, options: ExportOptions) -> None:
+    """The fused graph's weight matrices as MatMulNBits: symmetric blocks of 8 or 4 bits, the
+    layout of llama.cpp's Q8_0 and Q4_0, multiplied in int8 (accuracy level 4: the activations
+    are quantized per block too, so the dot products run on VNNI). int4 also stores the
+    embedding tables in 4 bits (GatherBlockQuantized); int8 keeps them in float32 (only
+    looked up, a row per token)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    four = options.quantize == "int4"
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=4 if four else 8,
+        block_size=options.block_size,
+        is_symmetric=True,
+        accuracy_level=4,
+        op_types_to_quantize=("MatMul", "Gather") if four else ("MatMul",),
         quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quantizer.process()
@@ -712,11 +820,20 @@ def _manifest(
     options: ExportOptions,
     validation: dict[str, Any] | None,
     started: float,
+    fused: bool,
 ) -> dict[str, Any]:
     graph = _load_graph(final / ONNX_MODEL)
     opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
     quantization = None
-    if options.quantize == "int8":
+    if fused and options.quantize:
+        bits = 8 if options.quantize == "int8" else 4
+        quantization = {
+            "method": f"onnxruntime MatMulNBits {bits}-bit weight-only, symmetric, int8 "
+            "arithmetic (accuracy level 4)",
+            "block_size": options.block_size,
+            "embeddings": "int4 (GatherBlockQuantized)" if bits == 4 else "float32",
+        }
+    elif options.quantize == "int8":
         quantization = {"method": "onnxruntime dynamic int8", "per_channel": options.per_channel}
     elif options.quantize == "int4":
         quantization = {
@@ -731,6 +848,7 @@ def _manifest(
         "source": model,
         "source_revision": _revision(source_dir),
         "task": TASK,
+        "graph": "fused" if fused else "optimum",
         "opset": opset,
         "dtype": "float32",
         "quantization": quantization,

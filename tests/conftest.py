@@ -41,12 +41,19 @@ def memorised_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_memorised_model(tmp_path_factory.mktemp("memorised-gpt2") / "model")
 
 
-def _export(source: Path, factory: pytest.TempPathFactory, name: str, quantize: str | None) -> Path:
+def _export(
+    source: Path,
+    factory: pytest.TempPathFactory,
+    name: str,
+    quantize: str | None,
+    graph: str = "fused",
+) -> Path:
     """Export through the real export-onnx engine (validation is tested in test_export.py)."""
     from gpt2cli.exporting import ExportOptions, export_model
 
     target = factory.mktemp(name) / "model"
-    export_model(str(source), target, ExportOptions(quantize=quantize, validate=False))
+    settings = ExportOptions(quantize=quantize, validate=False, graph=graph)
+    export_model(str(source), target, settings)
     return target
 
 
@@ -54,6 +61,14 @@ def _export(source: Path, factory: pytest.TempPathFactory, name: str, quantize: 
 def tiny_onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny_model_dir exported by export-onnx (fp32)."""
     return _export(tiny_model_dir, tmp_path_factory, "tiny-onnx", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_optimum_onnx_dir(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """tiny_model_dir exported by export-onnx --graph optimum (fp32)."""
+    return _export(tiny_model_dir, tmp_path_factory, "tiny-optimum-onnx", None, "optimum")
 
 
 @pytest.fixture(scope="session")

@@ -161,6 +161,8 @@ def test_onnx_logits_agree_with_torch(torch_backend, onnx_backend, mode) -> None
     expected = torch_backend.forward(ids, mask, positions, logits=mode).logits
     got = onnx_backend.forward(ids, mask, positions, logits=mode).logits
     assert got.dtype == np.float32 and got.shape == expected.shape
+    if mode == "all":  # left padding's outputs are undefined (each attention kernel differs)
+        got, expected = got[mask.astype(bool)], expected[mask.astype(bool)]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
@@ -179,7 +181,8 @@ def test_onnx_hidden_layers_agree_with_torch(torch_backend, onnx_backend, layer)
     expected = torch_backend.forward(ids, mask, positions, logits="none", hidden_layer=layer)
     got = onnx_backend.forward(ids, mask, positions, logits="none", hidden_layer=layer)
     assert got.logits is None and got.hidden.shape == (2, ids.shape[1], 64)
-    np.testing.assert_allclose(got.hidden, expected.hidden, rtol=0, atol=1e-4)
+    valid = mask.astype(bool)  # left padding's states are undefined (each kernel differs)
+    np.testing.assert_allclose(got.hidden[valid], expected.hidden[valid], rtol=0, atol=1e-4)
 
 
 def test_onnx_hidden_layer_out_of_range(onnx_backend) -> None:  # noqa: ANN001

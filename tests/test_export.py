@@ -82,7 +82,8 @@ def test_cli_export_validates_and_writes_everything(tiny_model_dir: Path, tmp_pa
     assert replaced.returncode == 0, replaced.err
     manifest = json.loads(replaced.out)
     assert manifest["validation"] is None
-    assert manifest["quantization"]["method"] == "onnxruntime dynamic int8"
+    assert manifest["graph"] == "fused"
+    assert manifest["quantization"]["method"].startswith("onnxruntime MatMulNBits 8-bit")
     assert json.loads((out / MANIFEST_NAME).read_text())["quantization"] is not None
     assert leftovers(out.parent) == []
 
@@ -172,13 +173,28 @@ def test_tied_embedding_is_stored_once(tiny_onnx_dir: Path) -> None:
     assert (tiny_onnx_dir / "model.onnx_data").is_file()  # mapped at load, not parsed
 
 
+def test_fused_graph_is_seven_nodes_a_layer(tiny_onnx_dir: Path) -> None:
+    """The default export: GPT-2 built from ONNX Runtime's fused operators, no shape
+    arithmetic, attention in one node per layer."""
+    model = graph(tiny_onnx_dir)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and ops.count("SkipLayerNormalization") == 4
+    assert ops.count("FastGelu") == 2 and ops.count("MatMul") == 2 * 4
+    assert len(ops) <= 2 * 8 + 10  # 8 a layer (with the QKV split), 10 around them
+    assert not {"Shape", "Concat", "Unsqueeze", "Where", "Softmax"} & set(ops)
+    manifest = json.loads((tiny_onnx_dir / MANIFEST_NAME).read_text())
+    assert manifest["graph"] == "fused"
+
+
 def test_attention_scale_is_folded_so_key_transpose_fuses(
-    tiny_onnx_dir: Path, tmp_path: Path
+    tiny_optimum_onnx_dir: Path, tmp_path: Path
 ) -> None:
-    """Each layer's q @ k^T takes the transposed key directly, and ONNX Runtime fuses the
-    transpose into the matmul instead of transposing the whole key cache every step."""
+    """optimum's graph: each layer's q @ k^T takes the transposed key directly, and ONNX
+    Runtime fuses the transpose into the matmul instead of transposing the whole key cache
+    every step."""
     import onnxruntime as ort
 
+    tiny_onnx_dir = tiny_optimum_onnx_dir
     model = graph(tiny_onnx_dir)
     producer = {o: n for n in model.graph.node for o in n.output}
     score_matmuls = [
@@ -254,17 +270,29 @@ def graph_file(path: Path):  # noqa: ANN201
     return onnx.load(str(path), load_external_data=False)
 
 
-def test_export_adds_hidden_states_and_logits_to_keep(tiny_onnx_dir: Path) -> None:
-    model = graph(tiny_onnx_dir)
+@pytest.mark.parametrize("which", ["fused", "optimum"])
+def test_export_adds_hidden_states_and_logits_to_keep(
+    which: str, tiny_onnx_dir: Path, tiny_optimum_onnx_dir: Path
+) -> None:
+    model = graph(tiny_onnx_dir if which == "fused" else tiny_optimum_onnx_dir)
     outputs = [o.name for o in model.graph.output]
     assert outputs[:5] == [
         "logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value",
     ]
     assert outputs[5:] == ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
     assert "logits_to_keep" in {i.name for i in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input}
+    assert inputs == {
+        "input_ids", "attention_mask", "position_ids", "logits_to_keep",
+        *(f"past_key_values.{layer}.{kind}" for layer in (0, 1) for kind in ("key", "value")),
+    }
 
 
-def test_optimum_loads_the_export(tiny_model_dir: Path, tiny_onnx_dir: Path) -> None:
+@pytest.mark.parametrize("which", ["fused", "optimum"])
+def test_optimum_loads_the_export(
+    which: str, tiny_model_dir: Path, tiny_onnx_dir: Path, tiny_optimum_onnx_dir: Path
+) -> None:
+    tiny_onnx_dir = tiny_onnx_dir if which == "fused" else tiny_optimum_onnx_dir
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import GPT2LMHeadModel
@@ -286,17 +314,22 @@ def test_optimum_loads_the_export(tiny_model_dir: Path, tiny_onnx_dir: Path) -> 
 def test_int8_export_quantizes_every_weight_matrix(tiny_onnx_int8_dir: Path) -> None:
     model = graph(tiny_onnx_int8_dir)
     ops = [n.op_type for n in model.graph.node]
-    assert "Gemm" not in ops
-    quantized = [op for op in ops if op in ("MatMulInteger", "DynamicQuantizeMatMul")]
-    assert len(quantized) == 2 * 4 + 1  # four per block, plus the vocabulary projection
+    assert "MatMul" not in ops
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 * 4 + 1  # four per block, plus the vocabulary projection
+    attributes = {a.name: a.i for a in nbits[0].attribute}
+    assert attributes["bits"] == 8 and attributes["accuracy_level"] == 4
     manifest = json.loads((tiny_onnx_int8_dir / MANIFEST_NAME).read_text())
-    assert manifest["quantization"] == {"method": "onnxruntime dynamic int8", "per_channel": False}
+    assert manifest["quantization"]["block_size"] == 32
 
 
 @pytest.mark.parametrize(
     "settings",
-    [ExportOptions(quantize="int8", per_channel=True), ExportOptions(quantize="int4")],
-    ids=["int8-per-channel", "int4"],
+    [
+        ExportOptions(quantize="int8", per_channel=True, graph="optimum"),
+        ExportOptions(quantize="int4"),
+    ],
+    ids=["optimum-int8-per-channel", "int4"],
 )
 def test_quantized_exports_reproduce_the_memorised_paragraph(
     memorised_model_dir: Path, tmp_path: Path, settings: ExportOptions
@@ -305,6 +338,14 @@ def test_quantized_exports_reproduce_the_memorised_paragraph(
     manifest = export_model(str(memorised_model_dir), out, settings)
     assert manifest["validation"]["top1_agreement"] > 0.9
     assert memorised_greedy(out) == MEMORISED_PARAGRAPH + "<|endoftext|>"
+    if settings.graph == "optimum":
+        ops = [n.op_type for n in graph(out).graph.node]
+        assert "Gemm" not in ops
+        quantized = [op for op in ops if op in ("MatMulInteger", "DynamicQuantizeMatMul")]
+        assert len(quantized) == 2 * 4 + 1  # four per block, plus the vocabulary projection
+        assert manifest["quantization"] == {
+            "method": "onnxruntime dynamic int8", "per_channel": True,
+        }
     if settings.quantize == "int4":
         ops = [n.op_type for n in graph(out).graph.node]
         assert ops.count("MatMulNBits") == 2 * 4 + 1
@@ -318,7 +359,7 @@ def test_external_data_export_loads_back(
     model."""
     monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
     out = tmp_path / "external"
-    manifest = export_model(str(tiny_model_dir), out)
+    manifest = export_model(str(tiny_model_dir), out, ExportOptions(graph="optimum"))
     assert (out / "model.onnx_data").is_file()
     assert (out / "model.onnx").stat().st_size < 1_000_000
     assert manifest["validation"]["max_abs_logit_diff"] < 1e-4

@@ -29,6 +29,13 @@ class Quantization(str, Enum):
     int4 = "int4"
 
 
+class Graph(str, Enum):
+    """--graph choices."""
+
+    fused = "fused"
+    optimum = "optimum"
+
+
 def export_onnx(
     first: Annotated[
         str | None,
@@ -62,19 +69,32 @@ def export_onnx(
         Quantization | None,
         typer.Option(
             "--quantize",
-            help="int8: dynamic quantization of every weight matrix; int4: 4-bit weight-only "
-            "(MatMulNBits).",
+            help="int8 or int4 weights: 8- or 4-bit blocks (MatMulNBits; with --graph optimum, "
+            "int8 is dynamic quantization).",
             case_sensitive=False,
         ),
     ] = None,
+    graph: Annotated[
+        Graph,
+        typer.Option(
+            "--graph",
+            help="fused: GPT-2 built from ONNX Runtime's fused operators (fastest); optimum: "
+            "optimum's export, for models the fused graph does not cover. Both load in "
+            "optimum's ORTModelForCausalLM.",
+            case_sensitive=False,
+        ),
+    ] = Graph.fused,
     per_channel: Annotated[
-        bool, typer.Option("--per-channel", help="int8: one scale per output channel.")
+        bool,
+        typer.Option(
+            "--per-channel", help="--graph optimum's int8: one scale per output channel."
+        ),
     ] = False,
     block_size: Annotated[
         int,
         typer.Option(
-            "--block-size", metavar="N", min=16, help="int4: weights per quantization block "
-            "(16 to 256, a power of two)."
+            "--block-size", metavar="N", min=16, help="Weights per quantization block (16 to "
+            "256, a power of two)."
         ),
     ] = 32,
     validate: Annotated[
@@ -115,6 +135,7 @@ def export_onnx(
         quantize=quantize.value if quantize is not None else None,
         per_channel=per_channel,
         block_size=block_size,
+        graph=graph.value,
         validate=validate,
         force=force,
         opset=opset,

@@ -1,0 +1,208 @@
+"""GPT-2's decoder built directly as an ONNX graph of ONNX Runtime's fused operators.
+
+optimum's export traces transformers' Python: about 2,700 nodes for 12 layers (shape arithmetic,
+masks rebuilt every step, attention as a dozen small operators). This builder writes the same
+model as 7 nodes a layer:
+
+    SkipLayerNormalization   residual sum + layer norm (the previous layer's bias folded in)
+    MatMul                   fused query, key and value projection
+    MultiHeadAttention       causal, key padding mask (left padding), past → present cache
+    MatMul                   attention output projection
+    SkipLayerNormalization   residual sum + ln_2 (the projection's bias folded in)
+    MatMul + FastGelu        MLP up-projection, bias and GPT-2's tanh GELU in one kernel
+    MatMul                   MLP down-projection (its bias goes to the next SkipLayerNormalization)
+
+Inputs and outputs are the export format's (`onnx_format`): optimum's names plus
+`hidden_states.{i}` and `logits_to_keep`, so the ONNX backend runs either graph. Quantization
+(`exporting.quantize`) later turns every MatMul with a constant weight into MatMulNBits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gpt2cli.backends.onnx_format import (
+    EMBEDDING_TABLES,
+    KEEP_INPUT,
+    LOGITS_OUTPUT,
+    hidden_name,
+    past_name,
+    present_name,
+)
+from gpt2cli.errors import ModelError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MS_DOMAIN = "com.microsoft"
+OPSET = 17  # the oldest with LayerNormalization
+# activation_function values and the contrib operator computing each exactly.
+ACTIVATIONS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "Gelu"}
+LM_HEAD_TRANSPOSED = "lm_head.weight_transposed"
+
+
+def unsupported(config: Mapping[str, Any]) -> str | None:
+    """Why this builder cannot express the model of `config` (None when it can)."""
+    activation = config.get("activation_function", "gelu_new")
+    if activation not in ACTIVATIONS:
+        return f"activation_function {activation!r}"
+    if config.get("add_cross_attention"):
+        return "cross-attention"
+    if not config.get("scale_attn_weights", True):
+        return "unscaled attention (scale_attn_weights false)"
+    return None
+
+
+def build_decoder(
+    weights: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    *,
+    quantizable: bool = False,
+    opset: int = OPSET,
+) -> Any:
+    """The decoder of a GPT2LMHeadModel state dict (numpy float32 arrays, transformers'
+    names) as an `onnx.ModelProto`.
+
+    `quantizable`: project to the vocabulary with a MatMul on a transposed copy of the token
+    table (the form a quantizer takes) instead of FusedMatMul(transB) on the table itself (the
+    tied weight stored once)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    reason = unsupported(config)
+    if reason:
+        raise ModelError(f"the fused ONNX graph does not support {reason}")
+    n_layer, n_head = int(config["n_layer"]), int(config["n_head"])
+    n_embd = int(config["n_embd"])
+    head_dim = n_embd // n_head
+    epsilon = float(config.get("layer_norm_epsilon", 1e-5))
+    gelu = ACTIVATIONS[config.get("activation_function", "gelu_new")]
+    by_layer_index = bool(config.get("scale_attn_by_inverse_layer_idx", False))
+
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+
+    def weight(name: str, array: np.ndarray | None = None) -> str:
+        value = weights[name] if array is None else array
+        initializers.append(
+            numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name)
+        )
+        return name
+
+    def node(op: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> None:
+        domain = MS_DOMAIN if op in ("SkipLayerNormalization", "MultiHeadAttention",
+                                     "FastGelu", "Gelu", "FusedMatMul") else ""
+        nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+
+    wte, wpe = EMBEDDING_TABLES
+    weight(wte, weights["transformer.wte.weight"])
+    weight(wpe, weights["transformer.wpe.weight"])
+    node("Gather", [wte, "input_ids"], ["/embed/tokens"], "/embed/tokens")
+    node("Gather", [wpe, "position_ids"], ["/embed/positions"], "/embed/positions")
+    node("Add", ["/embed/tokens", "/embed/positions"], [hidden_name(0)], "/embed/add")
+    node("Cast", ["attention_mask"], ["/mask_int32"], "/mask_int32", to=TensorProto.INT32)
+
+    residual = hidden_name(0)  # the residual stream entering the next block
+    pending = None  # (output, bias) of the last down-projection, not yet added to the stream
+    for layer in range(n_layer):
+        prefix = f"transformer.h.{layer}."
+        at = f"/h.{layer}"
+        ln1_gamma, ln1_beta = weight(prefix + "ln_1.weight"), weight(prefix + "ln_1.bias")
+        if pending is None:
+            node("LayerNormalization", [residual, ln1_gamma, ln1_beta], [f"{at}/ln_1"],
+                 f"{at}/ln_1", axis=-1, epsilon=epsilon)
+        else:
+            stream = hidden_name(layer)
+            node("SkipLayerNormalization",
+                 [pending[0], residual, ln1_gamma, ln1_beta, pending[1]],
+                 [f"{at}/ln_1", "", "", stream], f"{at}/ln_1", epsilon=epsilon)
+            residual = stream
+        node("MatMul", [f"{at}/ln_1", weight(prefix + "attn.c_attn.weight")], [f"{at}/qkv"],
+             f"{at}/qkv")
+        node("Split", [f"{at}/qkv", "/qkv_split"], [f"{at}/q", f"{at}/k", f"{at}/v"],
+             f"{at}/split", axis=-1)
+        scale = 1.0 / np.sqrt(head_dim) / (layer + 1 if by_layer_index else 1)
+        node(
+            "MultiHeadAttention",
+            [f"{at}/q", f"{at}/k", f"{at}/v", weight(prefix + "attn.c_attn.bias"),
+             "/mask_int32", "", past_name(layer, "key"), past_name(layer, "value")],
+            [f"{at}/attn", present_name(layer, "key"), present_name(layer, "value")],
+            f"{at}/attention", num_heads=n_head, unidirectional=1, scale=float(scale),
+        )
+        node("MatMul", [f"{at}/attn", weight(prefix + "attn.c_proj.weight")],
+             [f"{at}/attn_proj"], f"{at}/attn_proj")
+        after_attention = f"{at}/residual_attn"
+        node("SkipLayerNormalization",
+             [f"{at}/attn_proj", residual, weight(prefix + "ln_2.weight"),
+              weight(prefix + "ln_2.bias"), weight(prefix + "attn.c_proj.bias")],
+             [f"{at}/ln_2", "", "", after_attention], f"{at}/ln_2", epsilon=epsilon)
+        residual = after_attention
+        node("MatMul", [f"{at}/ln_2", weight(prefix + "mlp.c_fc.weight")], [f"{at}/fc"],
+             f"{at}/fc")
+        node(gelu, [f"{at}/fc", weight(prefix + "mlp.c_fc.bias")], [f"{at}/gelu"], f"{at}/gelu")
+        node("MatMul", [f"{at}/gelu", weight(prefix + "mlp.c_proj.weight")], [f"{at}/mlp"],
+             f"{at}/mlp")
+        pending = (f"{at}/mlp", weight(prefix + "mlp.c_proj.bias"))
+
+    final = hidden_name(n_layer)  # transformers' last hidden state is ln_f's output
+    ln_f = (weight("transformer.ln_f.weight"), weight("transformer.ln_f.bias"))
+    if pending is None:
+        node("LayerNormalization", [residual, *ln_f], [final], "/ln_f", axis=-1, epsilon=epsilon)
+    else:
+        node("SkipLayerNormalization", [pending[0], residual, *ln_f, pending[1]], [final],
+             "/ln_f", epsilon=epsilon)
+
+    # logits = head(Slice(hidden, -logits_to_keep, end, axis 1)): 0 keeps every position.
+    initializers += [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), KEEP_INPUT),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max]), "/keep_end"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "/keep_axis"),
+        numpy_helper.from_array(np.array([n_embd] * 3, dtype=np.int64), "/qkv_split"),
+    ]
+    node("Neg", [KEEP_INPUT], ["/keep_start"], "/keep_start")
+    node("Slice", [final, "/keep_start", "/keep_end", "/keep_axis"], ["/kept"], "/keep")
+    head = weights.get("lm_head.weight")
+    tied = head is None or np.array_equal(head, weights["transformer.wte.weight"])
+    if tied and not quantizable:
+        node("FusedMatMul", ["/kept", wte], [LOGITS_OUTPUT], "/lm_head", transB=1)
+    else:
+        table = weights["transformer.wte.weight"] if tied else head
+        node("MatMul", ["/kept", weight(LM_HEAD_TRANSPOSED, np.asarray(table).T)],
+             [LOGITS_OUTPUT], "/lm_head")
+
+    batch, new, total, past = "batch_size", "sequence_length", "total_sequence_length", \
+        "past_sequence_length"
+    cache_shape = [batch, n_head, past, head_dim]
+    present_shape = [batch, n_head, total, head_dim]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, new]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, total]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, [batch, new]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(
+            LOGITS_OUTPUT, TensorProto.FLOAT, [batch, "kept_positions", int(config["vocab_size"])]
+        )
+    ]
+    for layer in range(n_layer):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(
+                past_name(layer, kind), TensorProto.FLOAT, cache_shape))
+            outputs.append(helper.make_tensor_value_info(
+                present_name(layer, kind), TensorProto.FLOAT, present_shape))
+    inputs.append(helper.make_tensor_value_info(KEEP_INPUT, TensorProto.INT64, [1]))
+    for index in range(n_layer + 1):
+        outputs.append(helper.make_tensor_value_info(
+            hidden_name(index), TensorProto.FLOAT, [batch, new, n_embd]))
+
+    graph = helper.make_graph(nodes, "gpt2cli-gpt2-decoder", inputs, outputs, initializers)
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)]
+    # The oldest IR that has the opset: newer onnx packages default to IRs that ONNX Runtime
+    # may not read yet.
+    return helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="gpt2cli",
+        ir_version=helper.find_min_ir_version_for(opsets[:1]),
+    )
