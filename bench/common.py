@@ -90,9 +90,18 @@ def ensure_models(variants: Iterable[str] = VARIANTS) -> dict[str, Path]:
     paths = {variant: model_dir(variant) for variant in wanted}
     source = _ensure_source()
     for variant in wanted:
-        if variant != "torch" and not (paths[variant] / "model.onnx").is_file():
+        if variant != "torch" and not _current_export(paths[variant]):
             export_variant(variant, source=source)
     return paths
+
+
+def _current_export(directory: Path) -> bool:
+    """An export made by this version's default graph (older ones are re-exported)."""
+    try:
+        manifest = json.loads((directory / "gpt2cli-export.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("graph") == "fused"
 
 
 def _ensure_source() -> Path:

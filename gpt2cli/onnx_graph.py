@@ -27,6 +27,7 @@ from gpt2cli.backends.onnx_format import (
     EMBEDDING_TABLES,
     KEEP_INPUT,
     LOGITS_OUTPUT,
+    SHARED_CACHE_KEY,
     hidden_name,
     past_name,
     present_name,
@@ -41,6 +42,9 @@ OPSET = 17  # the oldest with LayerNormalization
 # activation_function values and the contrib operator computing each exactly.
 ACTIVATIONS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "Gelu"}
 LM_HEAD_TRANSPOSED = "lm_head.weight_transposed"
+CONTRIB_OPS = {"SkipLayerNormalization", "MultiHeadAttention", "GroupQueryAttention", "FastGelu",
+               "Gelu", "FusedMatMul"}  # fmt: skip
+MASKED = -10000.0  # MultiHeadAttention's mask_filter_value: exp() of it is 0 in float32
 
 
 def unsupported(config: Mapping[str, Any]) -> str | None:
@@ -61,13 +65,21 @@ def build_decoder(
     *,
     quantizable: bool = False,
     opset: int = OPSET,
+    shared_cache: bool = True,
 ) -> Any:
     """The decoder of a GPT2LMHeadModel state dict (numpy float32 arrays, transformers'
     names) as an `onnx.ModelProto`.
 
     `quantizable`: project to the vocabulary with a MatMul on a transposed copy of the token
     table (the form a quantizer takes) instead of FusedMatMul(transB) on the table itself (the
-    tied weight stored once)."""
+    tied weight stored once).
+
+    `shared_cache`: attention is GroupQueryAttention (as many key/value heads as query heads),
+    which appends the new keys and values in place when a past input and its present output are
+    the same preallocated buffer (IO binding): no step copies the cache. The left padding is an
+    additive attention bias from `attention_mask`, and every row's cache spans
+    attention_mask's width (the scheduler's right-aligned rows). Otherwise MultiHeadAttention,
+    whose present is a new tensor every step (past and new keys concatenated)."""
     from onnx import TensorProto, helper, numpy_helper
 
     reason = unsupported(config)
@@ -91,8 +103,7 @@ def build_decoder(
         return name
 
     def node(op: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> None:
-        domain = MS_DOMAIN if op in ("SkipLayerNormalization", "MultiHeadAttention",
-                                     "FastGelu", "Gelu", "FusedMatMul") else ""
+        domain = MS_DOMAIN if op in CONTRIB_OPS else ""
         nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
 
     wte, wpe = EMBEDDING_TABLES
@@ -101,7 +112,10 @@ def build_decoder(
     node("Gather", [wte, "input_ids"], ["/embed/tokens"], "/embed/tokens")
     node("Gather", [wpe, "position_ids"], ["/embed/positions"], "/embed/positions")
     node("Add", ["/embed/tokens", "/embed/positions"], [hidden_name(0)], "/embed/add")
-    node("Cast", ["attention_mask"], ["/mask_int32"], "/mask_int32", to=TensorProto.INT32)
+    if shared_cache:
+        _attention_inputs(node, initializers)
+    else:
+        node("Cast", ["attention_mask"], ["/mask_int32"], "/mask_int32", to=TensorProto.INT32)
 
     residual = hidden_name(0)  # the residual stream entering the next block
     pending = None  # (output, bias) of the last down-projection, not yet added to the stream
@@ -120,16 +134,29 @@ def build_decoder(
             residual = stream
         node("MatMul", [f"{at}/ln_1", weight(prefix + "attn.c_attn.weight")], [f"{at}/qkv"],
              f"{at}/qkv")
-        node("Split", [f"{at}/qkv", "/qkv_split"], [f"{at}/q", f"{at}/k", f"{at}/v"],
-             f"{at}/split", axis=-1)
-        scale = 1.0 / np.sqrt(head_dim) / (layer + 1 if by_layer_index else 1)
-        node(
-            "MultiHeadAttention",
-            [f"{at}/q", f"{at}/k", f"{at}/v", weight(prefix + "attn.c_attn.bias"),
-             "/mask_int32", "", past_name(layer, "key"), past_name(layer, "value")],
-            [f"{at}/attn", present_name(layer, "key"), present_name(layer, "value")],
-            f"{at}/attention", num_heads=n_head, unidirectional=1, scale=float(scale),
-        )
+        scale = float(1.0 / np.sqrt(head_dim) / (layer + 1 if by_layer_index else 1))
+        cache = [past_name(layer, "key"), past_name(layer, "value")]
+        attention_out = [f"{at}/attn", present_name(layer, "key"), present_name(layer, "value")]
+        if shared_cache:
+            node("Add", [f"{at}/qkv", weight(prefix + "attn.c_attn.bias")], [f"{at}/qkv_bias"],
+                 f"{at}/qkv_bias")
+            node(
+                "GroupQueryAttention",
+                [f"{at}/qkv_bias", "", "", *cache, "/seqlens_k", "/total_length", "", "", "",
+                 "/attention_bias"],
+                attention_out, f"{at}/attention", num_heads=n_head, kv_num_heads=n_head,
+                scale=scale,
+            )
+        else:
+            node("Split", [f"{at}/qkv", "/qkv_split"], [f"{at}/q", f"{at}/k", f"{at}/v"],
+                 f"{at}/split", axis=-1)
+            node(
+                "MultiHeadAttention",
+                [f"{at}/q", f"{at}/k", f"{at}/v", weight(prefix + "attn.c_attn.bias"),
+                 "/mask_int32", "", *cache],
+                attention_out, f"{at}/attention", num_heads=n_head, unidirectional=1,
+                scale=scale,
+            )
         node("MatMul", [f"{at}/attn", weight(prefix + "attn.c_proj.weight")],
              [f"{at}/attn_proj"], f"{at}/attn_proj")
         after_attention = f"{at}/residual_attn"
@@ -200,9 +227,47 @@ def build_decoder(
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)]
     # The oldest IR that has the opset: newer onnx packages default to IRs that ONNX Runtime
     # may not read yet.
-    return helper.make_model(
+    model = helper.make_model(
         graph,
         opset_imports=opsets,
         producer_name="gpt2cli",
         ir_version=helper.find_min_ir_version_for(opsets[:1]),
     )
+    if shared_cache:
+        helper.set_model_props(model, {SHARED_CACHE_KEY: "1"})
+    return model
+
+
+def _attention_inputs(node: Any, initializers: list[Any]) -> None:
+    """What every GroupQueryAttention node takes besides its layer's tensors: each row's last
+    cache position (seqlens_k: attention_mask's width - 1, the same for every row), the width
+    as a scalar, and the left padding as an additive bias of shape (batch, 1, new, width)."""
+    from onnx import TensorProto, numpy_helper
+
+    def constant(name: str, value: Any, dtype: Any = np.int64) -> None:
+        initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+
+    constant("/one", 1)
+    constant("/axis0", [0])
+    constant("/axis1", [1])
+    constant("/bias_axes", [1, 2])
+    constant("/one_float", 1.0, np.float32)
+    constant("/unmasked", -MASKED, np.float32)
+    node("Shape", ["attention_mask"], ["/mask_shape"], "/mask_shape")
+    node("Gather", ["/mask_shape", "/axis0"], ["/batch"], "/batch", axis=0)
+    node("Gather", ["/mask_shape", "/axis1"], ["/width"], "/width", axis=0)
+    node("Gather", ["/mask_shape", "/one"], ["/width_scalar"], "/width_scalar", axis=0)
+    node("Cast", ["/width_scalar"], ["/total_length"], "/total_length", to=TensorProto.INT32)
+    node("Sub", ["/width", "/axis1"], ["/last_position"], "/last_position")
+    node("Expand", ["/last_position", "/batch"], ["/last_positions"], "/last_positions")
+    node("Cast", ["/last_positions"], ["/seqlens_k"], "/seqlens_k", to=TensorProto.INT32)
+    # (mask - 1) * 10000: 0 where a position is real, MASKED where it is padding
+    node("Cast", ["attention_mask"], ["/mask_float"], "/mask_float", to=TensorProto.FLOAT)
+    node("Sub", ["/mask_float", "/one_float"], ["/mask_off"], "/mask_off")
+    node("Mul", ["/mask_off", "/unmasked"], ["/mask_bias"], "/mask_bias")
+    node("Unsqueeze", ["/mask_bias", "/bias_axes"], ["/mask_bias_4d"], "/mask_bias_4d")
+    node("Shape", ["input_ids"], ["/ids_shape"], "/ids_shape")
+    node("Gather", ["/ids_shape", "/axis1"], ["/new_length"], "/new_length", axis=0)
+    node("Concat", ["/batch", "/axis1", "/new_length", "/width"], ["/bias_shape"],
+         "/bias_shape", axis=0)
+    node("Expand", ["/mask_bias_4d", "/bias_shape"], ["/attention_bias"], "/attention_bias")

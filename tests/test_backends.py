@@ -293,3 +293,19 @@ def test_onnx_backend_runs_without_torch(tiny_onnx_dir, onnx_backend) -> None:  
     mask = np.ones((1, len(ids)), dtype=np.int64)
     expected = onnx_backend.forward(np.array([ids]), mask, position_ids_from_mask(mask, len(ids)))
     np.testing.assert_allclose(report["logits"], expected.logits[0, :5], rtol=0, atol=1e-6)
+
+
+def test_int8_rows_do_not_depend_on_their_batch(tiny_onnx_int8_dir) -> None:  # noqa: ANN001
+    """The fused int8 export quantizes activations per row and block (MatMulNBits, accuracy
+    level 4), so a row's logits are the same alone and among others (dynamic quantization
+    scaled over the whole batch)."""
+    backend = load_backend(str(tiny_onnx_int8_dir))
+    ids, mask = padded_batch(backend.tokenizer, PROMPTS)
+    batched = backend.forward(ids, mask, position_ids_from_mask(mask, ids.shape[1])).logits
+    for row in range(len(PROMPTS)):
+        alone_ids = ids[row : row + 1, mask[row].argmax() :]
+        alone_mask = np.ones_like(alone_ids)
+        alone = backend.forward(
+            alone_ids, alone_mask, position_ids_from_mask(alone_mask, alone_ids.shape[1])
+        ).logits
+        np.testing.assert_allclose(alone[0], batched[row], rtol=0, atol=1e-5)

@@ -6,7 +6,9 @@ by `gpt2cli export-onnx` add two things that plain optimum exports lack, both op
 positions), so that a prefill can skip the vocabulary projection except at the last position.
 The KV cache stays in ONNX Runtime's OrtValues between steps (fed back with
 run_with_ort_values on CPU, IO binding on CUDA), so no copy of it crosses into numpy on the hot
-path.
+path. With export-onnx's fused graph (`SHARED_CACHE_KEY`), the cache lives in preallocated
+buffers with room to grow, bound as both past and present, so a step appends in place instead
+of copying the whole cache.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gpt2cli.backends.onnx_format import (
     LOGITS_OUTPUT,
     ONNX_MODEL,
     PAST_KEY,
+    SHARED_CACHE_KEY,
     dtype_error,
     hidden_name,
     past_name,
@@ -91,7 +94,9 @@ def first_line(exc: BaseException) -> str:
 
 
 class OnnxCache:
-    """The KV cache between steps: one OrtValue per past key/value, in input order."""
+    """The KV cache between steps: one OrtValue per past key/value, in input order, each
+    (batch, heads, capacity, head_dim) with the first `length` positions in use (capacity ==
+    length unless the graph appends in place)."""
 
     __slots__ = ("values", "length")
 
@@ -153,6 +158,9 @@ class OnnxBackend:
         self.has_position_ids = "position_ids" in inputs
         self.has_keep = KEEP_INPUT in {i.name for i in self.session.get_overridable_initializers()}
         self.hidden_outputs = {o for o in outputs if o.startswith(HIDDEN_PREFIX)}
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        # CUDA keeps the plain path: its GroupQueryAttention kernels take float16 only.
+        self.shared_cache = metadata.get(SHARED_CACHE_KEY) == "1" and device == "cpu"
 
         past = inputs[self.past_names[0]]
         self.cache_dtype = _NUMPY_TYPES[past.type]
@@ -195,6 +203,12 @@ class OnnxBackend:
         if self.has_keep:
             keep = logits if isinstance(logits, int) else 0 if logits == "all" else 1
             feeds[KEEP_INPUT] = np.array([keep], dtype=np.int64)
+        if cache is not None and self.shared_cache:
+            if new_tokens > 1 and batch > 1:  # the attention kernel appends 1 token per row
+                return self._forward_token_by_token(
+                    input_ids, attention_mask, position_ids, cache, logits, hidden_layer
+                )
+            return self._forward_in_place(feeds, cache, new_tokens, logits, wanted_hidden)
         if cache is None:
             empty = np.zeros((batch, self.n_head, 0, self.head_dim), dtype=self.cache_dtype)
             past = [self.ort.OrtValue.ortvalue_from_numpy(empty)] * len(self.past_names)
@@ -212,24 +226,110 @@ class OnnxBackend:
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # onnxruntime's errors have no common base class
-            if not type(exc).__module__.startswith("onnxruntime"):
-                raise
-            raise ModelError(
-                f"{self.info.model_dir / ONNX_MODEL}: onnxruntime failed: {first_line(exc)}"
-            ) from None
+            raise self._failure(exc) from None
 
-        scores = None
-        if logits != "none":
-            scores = values[0].numpy()
-            if logits == "last":
-                scores = scores[:, -1]
-            elif isinstance(logits, int):
-                scores = scores[:, -logits:]  # without logits_to_keep, all came back
-            scores = scores.astype(np.float32, copy=False)
         presents = values[1 : 1 + len(self.present_names)]
         hidden = values[-1].numpy().astype(np.float32, copy=False) if wanted_hidden else None
         length = (cache.length if cache is not None else 0) + new_tokens
-        return ForwardResult(logits=scores, hidden=hidden, cache=OnnxCache(presents, length))
+        return ForwardResult(
+            logits=_kept_logits(values[0], logits), hidden=hidden,
+            cache=OnnxCache(presents, length),
+        )
+
+    def _failure(self, exc: Exception) -> Exception:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            return exc
+        return ModelError(
+            f"{self.info.model_dir / ONNX_MODEL}: onnxruntime failed: {first_line(exc)}"
+        )
+
+    def _forward_in_place(
+        self,
+        feeds: dict[str, np.ndarray],
+        cache: OnnxCache,
+        new_tokens: int,
+        logits: LogitsWanted,
+        wanted_hidden: str | None,
+    ) -> ForwardResult:
+        """A step of the fused graph on a cache it appends to in place (IO binding: each past
+        buffer is also its present). logits_to_keep cannot be bound, so every new position's
+        logits come back; steps here are one token a row, or one row's continuation."""
+        length = cache.length + new_tokens
+        cache = self._reserve(cache, length)
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            if name != KEEP_INPUT:
+                binding.bind_cpu_input(name, array)
+        for past, present, value in zip(
+            self.past_names, self.present_names, cache.values, strict=True
+        ):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        binding.bind_output(LOGITS_OUTPUT)
+        if wanted_hidden:
+            binding.bind_output(wanted_hidden)
+        try:
+            self.session.run_with_iobinding(binding)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from None
+        outputs = binding.get_outputs()
+        presents = len(self.present_names)
+        hidden = None
+        if wanted_hidden:
+            hidden = outputs[presents + 1].numpy().astype(np.float32, copy=False)
+        return ForwardResult(
+            logits=_kept_logits(outputs[presents], logits), hidden=hidden,
+            cache=OnnxCache(cache.values, length),
+        )
+
+    def _forward_token_by_token(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        cache: OnnxCache,
+        logits: LogitsWanted,
+        hidden_layer: int | None,
+    ) -> ForwardResult:
+        """Several new tokens on several cached rows, one position at a time."""
+        new_tokens = input_ids.shape[1]
+        start = attention_mask.shape[1] - new_tokens
+        steps = []
+        for i in range(new_tokens):
+            step = self.forward(
+                input_ids[:, i : i + 1], attention_mask[:, : start + i + 1],
+                position_ids[:, i : i + 1], cache, logits="all" if logits != "none" else "none",
+                hidden_layer=hidden_layer,
+            )
+            cache = step.cache
+            steps.append(step)
+        scores = None
+        if logits != "none":
+            scores = np.concatenate([step.logits for step in steps], axis=1)
+            scores = scores[:, -1] if logits == "last" else scores
+            scores = scores[:, -logits:] if isinstance(logits, int) else scores
+        hidden = None
+        if hidden_layer is not None:
+            hidden = np.concatenate([step.hidden for step in steps], axis=1)
+        return ForwardResult(logits=scores, hidden=hidden, cache=cache)
+
+    def _capacity(self, length: int) -> int:
+        """Positions to allocate for a cache about to hold `length`: room for some growth
+        (a copy each time it runs out), never past the model's context unless already there."""
+        room = max(64, length // 4)
+        capacity = -(-(length + room) // 64) * 64
+        return max(length, min(capacity, self.info.n_positions))
+
+    def _reserve(self, cache: OnnxCache, length: int) -> OnnxCache:
+        """`cache`, or a copy of it with room for `length` positions."""
+        if cache.values[0].shape()[2] >= length:
+            return cache
+        rows = np.arange(cache.values[0].shape()[0], dtype=np.int64)
+        joined = self.join_rows([(cache, rows)], cache.length, room_for=length)
+        assert joined is not None
+        return joined
 
     def _run_bound(self, feeds: dict[str, np.ndarray], past: list[Any], wanted: list[str]) -> list:
         """Run with IO binding, the cache staying on the GPU (overridable initializers such as
@@ -250,14 +350,19 @@ class OnnxBackend:
         return self.join_rows([(cache, rows)], cache.length)
 
     def join_rows(
-        self, parts: Sequence[tuple[OnnxCache | None, np.ndarray]], length: int
+        self,
+        parts: Sequence[tuple[OnnxCache | None, np.ndarray]],
+        length: int,
+        room_for: int | None = None,
     ) -> OnnxCache | None:
         """Caches stacked along the batch, right-aligned to `length` positions; see
-        base.Backend.join_rows. One copy of the kept rows (through numpy)."""
+        base.Backend.join_rows. One copy of the kept rows (through numpy). A cache appended
+        to in place gets room for `room_for` positions (default: the next step's)."""
         if not length:
             return None
         batch = sum(len(rows) for _, rows in parts)
-        shape = (batch, self.n_head, length, self.head_dim)
+        capacity = self._capacity(room_for or length + 1) if self.shared_cache else length
+        shape = (batch, self.n_head, capacity, self.head_dim)
         values = []
         for slot in range(len(self.past_names)):
             joined = np.empty(shape, dtype=self.cache_dtype)
@@ -267,8 +372,11 @@ class OnnxBackend:
                 joined[start : start + len(rows), :, : length - size] = 0
                 if size:
                     stored = self._host_view(cache.values[slot])
+                    end = cache.length
                     for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
-                        joined[start + offset, :, length - size :] = stored[row, :, -size:]
+                        joined[start + offset, :, length - size : length] = (
+                            stored[row, :, end - size : end]
+                        )
                 start += len(rows)
             values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
         return OnnxCache(values, length)
@@ -292,7 +400,9 @@ class OnnxBackend:
             for slot, row in zip(slots, rows, strict=True):
                 target[slot, :, : length - size] = 0
                 if stored is not None:
-                    target[slot, :, length - size :] = stored[row, :, -size:]
+                    target[slot, :, length - size : length] = (
+                        stored[row, :, source.length - size : source.length]
+                    )
         return cache
 
     def _write_by_joining(
@@ -316,6 +426,18 @@ class OnnxBackend:
         if self.output_device == "cpu":
             return np.from_dlpack(value)
         return value.numpy()
+
+
+def _kept_logits(value: Any, logits: LogitsWanted) -> np.ndarray | None:
+    """The logits asked for, from the graph's (B, kept, V) output."""
+    if logits == "none":
+        return None
+    scores = value.numpy()
+    if logits == "last":
+        scores = scores[:, -1]
+    elif isinstance(logits, int):
+        scores = scores[:, -logits:]  # without logits_to_keep, all came back
+    return scores.astype(np.float32, copy=False)
 
 
 def _writable_view(value: Any, dtype: Any) -> np.ndarray:

@@ -24,6 +24,7 @@ __all__ = [
     "ONNX_DATA",
     "ONNX_MODEL",
     "PAST_KEY",
+    "SHARED_CACHE_KEY",
     "dtype_error",
     "hidden_name",
     "onnx_export_dtype",
@@ -37,6 +38,10 @@ HIDDEN_PREFIX = "hidden_states."  # hidden_states.{i}: an export-onnx extra, one
 # An overridable initializer (default 0 = all positions): how many last positions get logits.
 KEEP_INPUT = "logits_to_keep"
 PAST_KEY = re.compile(r"past_key_values\.(\d+)\.key")
+# A model property (metadata_props) of graphs whose attention appends each step's keys and values
+# in place when a past input and its present output are the same buffer (IO binding): the ONNX
+# backend then keeps the cache in preallocated buffers that no step copies.
+SHARED_CACHE_KEY = "gpt2cli.shared_cache"
 # Embedding tables whose shapes config.json must match (optimum's names; int4 exports add `_Q4`).
 EMBEDDING_TABLES = ("transformer.wte.weight", "transformer.wpe.weight")
 

@@ -175,7 +175,7 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(manifest, dict):
         return None
-    keep = ("source", "source_revision", "dtype", "quantization", "opset", "created",
+    keep = ("source", "source_revision", "graph", "dtype", "quantization", "opset", "created",
             "validation")  # fmt: skip
     return {key: manifest.get(key) for key in keep}
 
@@ -209,7 +209,8 @@ def render(report: dict[str, Any]) -> str:
     if export is not None:
         quantization = export.get("quantization")
         method = quantization.get("method") if isinstance(quantization, dict) else None
-        line = f"{method or 'not quantized'}; {export.get('dtype')}"
+        graph = export.get("graph") or "optimum"  # exports before the fused graph: optimum's
+        line = f"{graph} graph, {method or 'not quantized'}; {export.get('dtype')}"
         line += f", opset {export.get('opset')}, from {e(str(export.get('source')))}"
         validation = export.get("validation")
         if isinstance(validation, dict) and "kl_divergence" in validation:
