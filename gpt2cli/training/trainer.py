@@ -507,12 +507,16 @@ def _run(
         warnings.simplefilter("ignore")
         result = trainer.train(resume_from_checkpoint=resume_from)
     final = None
+    steps = trainer.state.global_step
     if prepared.valid:
-        final = _clean_metrics(trainer.evaluate(), options.task)
-        evaluations.pop()  # on_evaluate recorded it too; it is `final`
+        if evaluations and evaluations[-1]["step"] == steps:  # --eval-every ended on it
+            last = evaluations.pop()
+            final = {k: v for k, v in last.items() if k not in ("step", "epoch")}
+        else:
+            final = _clean_metrics(trainer.evaluate(), options.task)
+            evaluations.pop()  # on_evaluate recorded it too; it is `final`
     _save(trainer.model, tokenizer, options, located, base_dir, staging.final)
     train_metrics = result.metrics
-    steps = trainer.state.global_step
     return {
         "format": MANIFEST_FORMAT,
         "format_version": FORMAT_VERSION,
