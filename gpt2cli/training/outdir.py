@@ -106,6 +106,7 @@ class Staging:
             raise InputError(f"{outdir}: cannot create it: {exc.strerror}") from None
         if existed and not resume:
             if self.last_checkpoint() is not None and not force:
+                self.release()
                 raise InputError(
                     f"{outdir}: an earlier run left checkpoints in {self.path}: pass --resume "
                     "to continue it, or --force to start over"

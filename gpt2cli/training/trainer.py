@@ -106,7 +106,7 @@ def _check(options: FinetuneOptions) -> None:
 
 def require_training_packages() -> None:
     """The 'train' extra: torch, transformers, PEFT, accelerate (and seqeval for ner)."""
-    for module in ("torch", "transformers", "peft", "accelerate", "seqeval"):
+    for module in ("seqeval", "peft", "accelerate", "torch", "transformers"):
         try:
             __import__(module)
         except ImportError:
@@ -402,6 +402,9 @@ def finetune(options: FinetuneOptions, progress: ProgressFn | None = None) -> di
     started = time.monotonic()
     staging = Staging(outdir, options.resume, options.force)
     finished = False
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         manifest = _run(options, located, base_dir, train, valid, staging, progress, started)
         staging.write_manifest(manifest)
@@ -409,6 +412,7 @@ def finetune(options: FinetuneOptions, progress: ProgressFn | None = None) -> di
         finished = True
         return manifest
     finally:
+        torch.set_num_threads(threads)  # --threads is for this run (tests run in-process)
         if not finished:
             if staging.last_checkpoint() is not None:
                 staging.release()
@@ -478,6 +482,7 @@ def _run(
             eval_steps=options.eval_every,
             save_strategy="steps" if options.save_every else "no",
             save_steps=options.save_every or 500,
+            save_total_limit=2,  # --resume needs the last; keep one more in case it is torn
             save_safetensors=True,
             logging_strategy="steps",
             logging_steps=1,
