@@ -19,8 +19,10 @@ import typer
 from typer.core import TyperArgument, TyperGroup
 
 from gpt2cli import __version__
+from gpt2cli.commands.classify import classify
 from gpt2cli.commands.embed import embed
 from gpt2cli.commands.export_onnx import export_onnx
+from gpt2cli.commands.finetune import finetune_app
 from gpt2cli.commands.generate import generate
 from gpt2cli.commands.info import info
 from gpt2cli.commands.score import score
@@ -140,6 +142,8 @@ app.command("generate")(generate)
 app.command("export-onnx")(export_onnx)
 app.command("info")(info)
 app.command("serve")(serve)
+app.add_typer(finetune_app, name="finetune", cls=_Group)
+app.command("classify")(classify)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

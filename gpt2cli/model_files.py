@@ -34,6 +34,10 @@ METADATA_FILES = ["config.json", "generation_config.json", MANIFEST_NAME, *TOKEN
 SAFETENSORS_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
 PYTORCH_BIN_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]
 ONNX_FILES = [ONNX_MODEL, ONNX_DATA, "model.onnx.data"]
+# A LoRA adapter (PEFT's files) that `finetune --lora` writes beside config.json; it names its
+# base model, whose weights the torch backend loads and merges it into.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FILES = [ADAPTER_CONFIG, "adapter_model.safetensors"]
 
 
 def _looks_like_path(model: str) -> bool:
@@ -101,8 +105,24 @@ def is_onnx_dir(directory: Path) -> bool:
 
 
 def has_torch_weights(directory: Path) -> bool:
-    """Whether `directory` holds PyTorch weights (safetensors or pickled)."""
-    return has_files(directory, SAFETENSORS_FILES + PYTORCH_BIN_FILES)
+    """Whether `directory` holds PyTorch weights (safetensors or pickled), or a LoRA adapter."""
+    return has_files(directory, SAFETENSORS_FILES + PYTORCH_BIN_FILES) or (
+        adapter_base(directory) is not None
+    )
+
+
+def adapter_base(directory: Path) -> str | None:
+    """The base model a LoRA adapter directory names (PEFT's base_model_name_or_path), or None
+    when `directory` holds no adapter."""
+    path = directory / ADAPTER_CONFIG
+    if not path.is_file() or not (directory / ADAPTER_FILES[1]).is_file():
+        return None
+    settings = read_json_settings(path)
+    base = settings.get("base_model_name_or_path") if isinstance(settings, dict) else None
+    if not isinstance(base, str) or not base.strip():
+        raise ModelError(f"{path}: base_model_name_or_path: expected the base model's name "
+                         f"{MODEL_FAULT}")
+    return base
 
 
 SETTINGS_FILE_LIMIT = 16 << 20  # config.json and generation_config.json are kilobytes

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.models import build_memorised_model, build_random_model, write_vocab
+from tests.models import (
+    build_memorised_model,
+    build_random_classifier,
+    build_random_model,
+    write_vocab,
+)
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
@@ -113,3 +118,9 @@ def hf_model(tiny_model_dir: Path) -> GPT2LMHeadModel:
     from transformers import GPT2LMHeadModel
 
     return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random GPT2ForSequenceClassification of the tiny shape (labels neg, neu, pos)."""
+    return build_random_classifier(tmp_path_factory.mktemp("tiny-classifier") / "model")

@@ -147,3 +147,19 @@ def greedy_continue(backend, prompt_ids: list[int], new_tokens: int) -> list[int
             logits="last",
         )
     return produced
+
+
+def build_random_classifier(directory: Path, seed: int = 0) -> Path:
+    """A randomly initialised GPT2ForSequenceClassification (tiny shape, three labels, the
+    pad token on the config), for commands that need any text classifier."""
+    import torch
+    from transformers import GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = gpt2_config(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
+                         label2id={"neg": 0, "neu": 1, "pos": 2}, pad_token_id=50256)
+    config.architectures = ["GPT2ForSequenceClassification"]
+    model = GPT2ForSequenceClassification(config).eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    write_tokenizer(directory)
+    return directory

@@ -53,6 +53,7 @@ COMMANDS = [
         "tiny_model_dir",
     ),
     Command("info", ("info", "-m", "{model}"), "tiny_onnx_dir", per_input=False),
+    Command("classify", ("classify", "-m", "{model}", *TEXTS), "tiny_classifier_dir"),
 ]
 CASES = [(c, fmt) for c in COMMANDS for fmt in c.formats]
 
@@ -163,7 +164,8 @@ def test_every_command_is_in_the_table() -> None:
 
     # export-onnx writes a directory (its formats are tested below); serve prints no results
     # (its JSON is HTTP bodies, tested in test_serve.py)
-    expected = {c.name for c in COMMANDS} | {"export-onnx", "serve"}
+    # finetune writes a model directory (tested in test_finetune.py).
+    expected = {c.name for c in COMMANDS} | {"export-onnx", "serve", "finetune"}
     assert set(get_command(app).commands) == expected
 
 

@@ -49,6 +49,7 @@ MODELS = {
     "gpt2-onnx": "tiny_onnx_dir",
     "model-onnx": "tiny_onnx_dir",
     "gpt2-int8": "tiny_onnx_int8_dir",
+    "emotion-gpt2": "tiny_classifier_dir",
 }
 # (README text, what runs instead, why).
 REWRITES = [

@@ -15,7 +15,7 @@ import numpy as np
 
 from gpt2cli.backends.base import ForwardResult, LogitsWanted
 from gpt2cli.errors import CliError, MissingExtraError, ModelError
-from gpt2cli.model_files import check_weight_shapes, read_config
+from gpt2cli.model_files import adapter_base, check_weight_shapes, read_config
 from gpt2cli.model_info import ModelInfo
 from gpt2cli.tokenizer import Tokenizer
 
@@ -239,6 +239,8 @@ def load_model(info: ModelInfo, dtype: Any, device: Any) -> Any:
     """GPT2LMHeadModel from safetensors (or weights-only pickle), checked for missing weights."""
     torch, transformers = import_torch()
     directory = info.model_dir
+    if adapter_base(directory) is not None:
+        return _load_adapter(info, dtype, device)
     use_safetensors = any(directory.glob("model*.safetensors"))
     if not use_safetensors:
         check_pickled_weights(directory, read_config(directory))
@@ -265,3 +267,37 @@ def load_model(info: ModelInfo, dtype: Any, device: Any) -> Any:
     model.eval()
     model.requires_grad_(False)
     return model.to(device)
+
+
+
+def _load_adapter(info: ModelInfo, dtype: Any, device: Any) -> Any:
+    """A LoRA adapter directory: its base model (a Hub id or a directory) loaded, checked
+    against the adapter's config.json, and the adapter merged into it (PEFT), so that decoding
+    runs at the base model's speed."""
+    from dataclasses import replace
+
+    from gpt2cli.model_files import check_torch_weights, resolve_model_dir
+
+    directory = info.model_dir
+    base = adapter_base(directory)
+    assert base is not None
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise MissingExtraError("a LoRA adapter directory", "train") from None
+    base_dir = resolve_model_dir(base, ["*.json", "*.safetensors", "*.txt"])
+    if adapter_base(base_dir) is not None:
+        raise ModelError(f"{directory}: its base model {base} is an adapter too")
+    check_torch_weights(base_dir, read_config(directory))
+    model = load_model(replace(info, model_dir=base_dir), dtype, device)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adapted = PeftModel.from_pretrained(model, directory, is_trainable=False)
+            merged = adapted.merge_and_unload()
+    except Exception as exc:
+        raise ModelError(f"{directory}: cannot apply the LoRA adapter: {weights_error(exc)}") \
+            from None
+    merged.eval()
+    merged.requires_grad_(False)
+    return merged
