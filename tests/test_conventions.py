@@ -163,7 +163,8 @@ def test_every_command_is_in_the_table() -> None:
 
     # export-onnx writes a directory (its formats are tested below); serve prints no results
     # (its JSON is HTTP bodies, tested in test_serve.py)
-    expected = {c.name for c in COMMANDS} | {"export-onnx", "serve"}
+    # batch writes a directory and prints a summary (its formats: tests/test_batch.py)
+    expected = {c.name for c in COMMANDS} | {"export-onnx", "serve", "batch"}
     assert set(get_command(app).commands) == expected
 
 

@@ -5,13 +5,14 @@ shares all of it but where the rows are computed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpt2cli.batch import shards
-from gpt2cli.batch.rows import Fields, Row, detect_format, iter_rows
+from gpt2cli.batch.rows import Row, detect_format, iter_rows
+from gpt2cli.batch.settings import JobSettings
 from gpt2cli.errors import EXIT_FAILURE, CliError, InputError
 
 if TYPE_CHECKING:
@@ -19,39 +20,12 @@ if TYPE_CHECKING:
     from gpt2cli.session import Session
 
 ENGINES = ("local", "ray")
-DEFAULT_SHARD_ROWS = 1000
 
 
 class TooManyErrors(CliError):
     """--max-errors rows failed: the job stops (exit 1); finished shards stay for --resume."""
 
     exit_code = EXIT_FAILURE
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    address: str | None = None  # None: a local instance ("auto" or RAY_ADDRESS: a cluster)
-    num_workers: int = 1
-    cpus_per_worker: int = 1
-    init_options: dict[str, Any] = field(default_factory=dict)  # ray.init extras (tests)
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """Where a job reads and writes, and how (everything but what it computes)."""
-
-    inputs: Sequence[str]
-    output_dir: Path
-    input_format: str | None = None  # None: from each file's extension
-    fields: Fields = field(default_factory=Fields)
-    output_format: str = "jsonl"
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    resume: bool = False
-    overwrite: bool = False
-    max_errors: int | None = None
-    engine: str = "local"
-    ray: RaySettings = field(default_factory=RaySettings)
-    command: Sequence[str] = ()
 
 
 @dataclass
@@ -225,6 +199,8 @@ def run(task: str, spec_for: Callable[[int | None], TaskSpec], session: Session,
     formats = input_formats(settings, task)
     old = shards.read_manifest(settings.output_dir) if settings.resume else None
     spec = spec_for(old.get("options", {}).get("seed") if old else None)
+    if formats[0] == "openai":  # completions answer the continuation only (no echo)
+        spec = replace(spec, full_text=False)
     task_runner = open_task(spec, session, name)  # option errors before OUT is touched
     rows = lambda: iter_rows(settings.inputs, formats, settings.fields, spec.task)  # noqa: E731
     total = scan_ids(rows())

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from gpt2cli.errors import InputError
 
 if TYPE_CHECKING:
-    from gpt2cli.batch.job import JobSettings
     from gpt2cli.batch.rows import Fields
+    from gpt2cli.batch.settings import JobSettings
     from gpt2cli.batch.shards import OpenAIShape
     from gpt2cli.batch.tasks import TaskSpec
 

@@ -170,6 +170,7 @@ def batch(
     """
     from gpt2cli.batch import job as batch_job
     from gpt2cli.batch.rows import Fields
+    from gpt2cli.batch.settings import JobSettings, RaySettings
     from gpt2cli.batch.tasks import TaskSpec
     from gpt2cli.commands.generate import parameter_values
     from gpt2cli.embedding import EmbedOptions
@@ -197,10 +198,10 @@ def batch(
         raise InputError("--truncate right applies to batch embed; generate takes none or left")
     if engine == EngineName.local and (ray_address or num_workers != 1 or cpus_per_worker != 1):
         raise InputError("--ray-address, --num-workers and --cpus-per-worker need --engine ray")
-    ray = batch_job.RaySettings(ray_address, num_workers, cpus_per_worker)
+    ray = RaySettings(ray_address, num_workers, cpus_per_worker)
     model_options = ModelOptions(model or DEFAULT_MODEL, backend, device, dtype,
                                  cpus_per_worker if engine == EngineName.ray else threads)
-    settings = batch_job.JobSettings(
+    settings = JobSettings(
         inputs=inputs,
         output_dir=Path(output_dir),
         input_format=input_format.value if input_format else None,
@@ -214,6 +215,7 @@ def batch(
         ray=ray,
         command=["gpt2cli", *sys.argv[1:]],
     )
+    batch_job.input_formats(settings, name)  # missing or mixed inputs before any model opens
     if engine == EngineName.ray:
         from gpt2cli.batch.ray_engine import check_ray
 
