@@ -79,7 +79,7 @@ _feature = partial(options.panel_option, panel=FEATURES, show_default=False)
 def batch(
     task: Annotated[TaskName, typer.Argument(metavar="TASK", help="generate, embed or score.",
                                              case_sensitive=False, show_default=False)],
-    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", show_default=False,
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT", show_default=False,
                                                 help="Input files (jsonl, csv, parquet, txt, "
                                                 "or an OpenAI batch file).")],
     output_dir: Annotated[str, _job("--output-dir", metavar="OUT",
