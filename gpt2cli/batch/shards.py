@@ -191,7 +191,7 @@ def write_success(directory: Path) -> None:
 def weights_digest(directory: Path) -> str:
     """SHA-256 over a model directory's weight files (names, then contents)."""
     digest = hashlib.sha256()
-    patterns = ("*.safetensors", "*.bin", "*.onnx", "*.onnx_data", "*.pt")
+    patterns = ("*.safetensors", "*.bin", "*.onnx", "*.onnx_data", "*.onnx.data", "*.pt")
     files = sorted({path for pattern in patterns for path in directory.glob(pattern)})
     for path in files:
         digest.update(path.name.encode() + b"\0")
