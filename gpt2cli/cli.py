@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperArgument, TyperGroup
 
 from gpt2cli import __version__
+from gpt2cli.commands.batch import batch
 from gpt2cli.commands.classify import classify
 from gpt2cli.commands.embed import embed
 from gpt2cli.commands.export_onnx import export_onnx
@@ -144,6 +145,7 @@ app.command("info")(info)
 app.command("serve")(serve)
 app.add_typer(finetune_app, name="finetune", cls=_Group)
 app.command("classify")(classify)
+app.command("batch")(batch)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

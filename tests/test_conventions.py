@@ -164,8 +164,9 @@ def test_every_command_is_in_the_table() -> None:
 
     # export-onnx writes a directory (its formats are tested below); serve prints no results
     # (its JSON is HTTP bodies, tested in test_serve.py)
-    # finetune writes a model directory (tested in test_finetune.py).
-    expected = {c.name for c in COMMANDS} | {"export-onnx", "serve", "finetune"}
+    # finetune writes a model directory (tested in test_finetune.py); batch writes a directory
+    # and prints a summary (its formats: tests/test_batch.py).
+    expected = {c.name for c in COMMANDS} | {"export-onnx", "serve", "finetune", "batch"}
     assert set(get_command(app).commands) == expected
 
 

@@ -130,8 +130,8 @@ TYPOS: list[tuple[tuple[str, ...], str | None]] = [
     (("embed", "--ouput", "x.json"), "(did you mean --output?)"),
     (("embed", "--normalise"), "(did you mean --normalize?)"),  # British spelling
     (("generate", "--jsn"), "(did you mean --format json"),
-    (("tokenize", "--temperature", "1"), "(--temperature is an option of generate)"),
-    (("tokenize", "--max-new-tokens", "1"), "(--max-new-tokens is an option of generate)"),
+    (("tokenize", "--temperature", "1"), "(--temperature is an option of generate, batch)"),
+    (("tokenize", "--max-new-tokens", "1"), "(--max-new-tokens is an option of generate, batch)"),
     (("--verison",), "(did you mean --version?)"),
     (("generate", "--hepl"), "(did you mean --help?)"),
     (("generate", "--frobnicate"), None),

@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gpt2cli.__main__",
             "gpt2cli.server",
             "gpt2cli.server.*",
+            "gpt2cli.batch",
+            "gpt2cli.batch.*",
         ),
     ),
 ]
@@ -220,6 +222,7 @@ def test_imports_point_down() -> None:
                 "gpt2cli.options",
             ),
         ),
+        ("gpt2cli.batch", ("gpt2cli.commands", "gpt2cli.cli", "gpt2cli.server")),
     ],
 )
 def test_main_layers(prefix: str, forbidden: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ from typing import IO, TYPE_CHECKING, Annotated
 from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.outputs import RecordWriter, output_stream, warn
+from gpt2cli.records import embed_record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -178,15 +179,7 @@ def embed(
                 if writer is None:
                     vectors.append(result.vector)
                     continue
-                writer.write(
-                    {
-                        "index": result.index,
-                        "source": source,
-                        "token_count": result.token_count,
-                        "truncated_tokens": result.truncated_tokens,
-                        "embedding": result.vector.tolist(),
-                    }
-                )
+                writer.write(embed_record(result, source))
         if writer is not None:
             writer.close()
         else:

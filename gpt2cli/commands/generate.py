@@ -17,6 +17,7 @@ from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.generation_params import PARAMETERS, PIPELINE_MAX_NEW_TOKENS
 from gpt2cli.outputs import output_stream, to_json
+from gpt2cli.records import prompt_record
 from gpt2cli.session import ModelOptions
 
 if TYPE_CHECKING:
@@ -397,30 +398,6 @@ class RecordsWriter(SequenceWriter):
 
     def close(self) -> None:
         self.writer.close()
-
-
-def prompt_record(sequences: Sequence[GeneratedSequence], full_text: bool) -> dict[str, Any]:
-    """The JSON record of one prompt and its generated sequences."""
-    first = sequences[0]
-    return {
-        "index": first.prompt_index,
-        "source": first.prompt.source,
-        "prompt": first.prompt.text,
-        "token_count": len(first.prompt_ids),
-        "truncated_tokens": first.truncated_tokens,
-        "sequences": [sequence_record(seq, full_text) for seq in sequences],
-    }
-
-
-def sequence_record(seq: GeneratedSequence, full_text: bool) -> dict[str, Any]:
-    """The JSON object for one generated sequence (inside its prompt's record)."""
-    return {
-        "generated_text": (seq.prompt.text + seq.text) if full_text else seq.text,
-        "ids": seq.token_ids,
-        "token_count": len(seq.token_ids),
-        "finish_reason": seq.finish_reason,
-        "stop_string": seq.stop_string,
-    }
 
 
 def _report_timings(timings: Timings, writer: SequenceWriter | None, begin: float,

@@ -354,11 +354,10 @@ class _Header:
             self.first_token = "not scored"
 
     def as_dict(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"ctx": self.ctx}
-        if not self.conditional:
-            fields["stride"] = self.stride
-            fields["first_token"] = self.first_token
-        fields.update(model=self.model, backend=self.backend, dtype=self.dtype)
+        from gpt2cli.records import score_settings
+
+        fields = score_settings(self.ctx, None if self.conditional else self.stride,
+                                self.first_token, self.model, self.backend, self.dtype)
         if self.base is not None:
             fields.update(kl_base=self.base, kl_base_backend=self.base_backend)
         return fields
@@ -416,17 +415,9 @@ class _Report:
 
     def record(self, result, source: str) -> dict[str, Any]:  # noqa: ANN001
         """One text's (or pair's) record: index, source, token_count, its figures, settings."""
-        stats = result.stats.as_dict()
-        obj: dict[str, Any] = {"index": result.index, "source": source,
-                               "token_count": stats.pop("token_count")}  # fmt: skip
-        if self.header.conditional:
-            obj["context_tokens"] = result.context_tokens
-            obj["context_truncated"] = result.context_truncated
-            obj["logprob"] = result.logprob
-            obj["is_greedy"] = result.is_greedy
-        else:
-            obj["text_tokens"] = result.text_tokens
-        obj.update(stats)
+        from gpt2cli.records import score_record
+
+        obj = score_record(result, source, self.header.conditional)
         if self.arrays:
             obj.update(self._arrays(result.tokens))
         obj.update(self.header.as_dict())
