@@ -55,9 +55,9 @@ def _both(args: tuple[str, ...], out: Path, *ray_args: str) -> tuple[dict, dict]
     return by_id(read_output(out / "local")), by_id(read_output(out / "ray"))
 
 
-def test_ray_generate_equals_local(ray_instance: None, rows_file: Path, tiny_model_dir: Path,
+def test_ray_generate_equals_local(ray_instance: None, rows_file: Path, tiny_onnx_dir: Path,
                                    tmp_path: Path) -> None:  # fmt: skip
-    args = ("batch", "generate", str(rows_file), "-m", str(tiny_model_dir), "--max-new-tokens",
+    args = ("batch", "generate", str(rows_file), "-m", str(tiny_onnx_dir), "--max-new-tokens",
             "3", "--do-sample", "--seed", "5", "--shard-rows", "50")  # fmt: skip
     local, ray = _both(args, tmp_path, "--num-workers", "2")
     assert len(local) == ROWS and list(sorted(local)) == list(sorted(ray))
@@ -66,10 +66,10 @@ def test_ray_generate_equals_local(ray_instance: None, rows_file: Path, tiny_mod
 
 
 def test_ray_embed_equals_local_and_resumes(ray_instance: None, rows_file: Path,
-                                            tiny_model_dir: Path, tmp_path: Path) -> None:
+                                            tiny_onnx_dir: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    args = ("batch", "embed", str(rows_file), "-m", str(tiny_model_dir), "--shard-rows", "80")
+    args = ("batch", "embed", str(rows_file), "-m", str(tiny_onnx_dir), "--shard-rows", "80")
     local, ray = _both(args, tmp_path, "--cpus-per-worker", "2")
     assert sorted(local) == sorted(ray)
     for row_id, record in local.items():
