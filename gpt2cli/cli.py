@@ -20,6 +20,7 @@ from typer.core import TyperArgument, TyperGroup
 
 from gpt2cli import __version__
 from gpt2cli.commands.embed import embed
+from gpt2cli.commands.eval import evaluate
 from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.generate import generate
 from gpt2cli.commands.info import info
@@ -140,6 +141,7 @@ app.command("generate")(generate)
 app.command("export-onnx")(export_onnx)
 app.command("info")(info)
 app.command("serve")(serve)
+app.command("eval")(evaluate)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
