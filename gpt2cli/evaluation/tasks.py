@@ -141,6 +141,8 @@ class TaskResult:
     metrics: list[Metric]
     definition: str
     limited: bool = False  # --limit left part of the data out
+    # per document: its log-likelihood (nats); CBT: the log-likelihood of each option
+    scores: list[Any] = field(default_factory=list, repr=False)
 
 
 def get_task(name: str) -> Task:
@@ -253,7 +255,8 @@ def _lambada(
         _metric(task, "acc", accuracy(totals.correct),
                 "fraction of documents whose every target token is the greedy choice"),  # fmt: skip
     ]
-    return TaskResult(task.name, len(docs), totals.tokens, metrics, f"target: {target}", limited)
+    return TaskResult(task.name, len(docs), totals.tokens, metrics, f"target: {target}", limited,
+                      totals.loglikelihoods)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- CBT
@@ -303,7 +306,7 @@ def _cbt(
         "each of the options put in for XXXXX; the whole question sentence scored after the "
         "20 context sentences (joined with spaces, no detokenizer); the argmax is the choice"
     )
-    return TaskResult(task.name, len(docs), tokens, metrics, definition, limited)
+    return TaskResult(task.name, len(docs), tokens, metrics, definition, limited, by_question)
 
 
 # ------------------------------------------------------------------------------- rolling
@@ -389,8 +392,9 @@ def _rolling(
     for doc, ids, result, was_cut in zip(docs, all_ids, scores, cut, strict=True):
         _add_document(totals, task, doc, ids, result, was_cut, tokenizer, token_bytes_and_chars)
     metrics = [_rolling_metric(task, name, totals) for name in task.metrics]
+    per_document = [float(result.logprobs.sum(dtype=np.float64)) for result in scores]
     return TaskResult(task.name, totals.docs, totals.tokens, metrics,
-                      _rolling_definition(task, options), limited)  # fmt: skip
+                      _rolling_definition(task, options), limited, per_document)  # fmt: skip
 
 
 def _add_document(
