@@ -22,6 +22,7 @@ from gpt2cli import __version__
 from gpt2cli.commands.batch import batch
 from gpt2cli.commands.classify import classify
 from gpt2cli.commands.embed import embed
+from gpt2cli.commands.eval import evaluate
 from gpt2cli.commands.export_onnx import export_onnx
 from gpt2cli.commands.finetune import finetune_app
 from gpt2cli.commands.generate import generate
@@ -146,6 +147,7 @@ app.command("serve")(serve)
 app.add_typer(finetune_app, name="finetune", cls=_Group)
 app.command("classify")(classify)
 app.command("batch")(batch)
+app.command("eval")(evaluate)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gpt2cli.backends.base import Backend, ForwardResult, ModelInfo
     from gpt2cli.decoding import GeneratedSequence, GenerationParams, Prompt
     from gpt2cli.embedding import Embedded, EmbedOptions, Encoded
+    from gpt2cli.evaluation.tasks import EvalOptions, Task, TaskResult
     from gpt2cli.loader import LocatedModel
     from gpt2cli.scheduler import GenerationUpdate
     from gpt2cli.scoring import Scored, ScoreOptions
@@ -240,3 +241,17 @@ class Session:
         from gpt2cli.embedding import embed_encoded
 
         return embed_encoded(self.backend, encoded, settings, first_index, progress)
+
+    # -- eval ---------------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        task: Task,
+        docs: Sequence[Any],
+        settings: EvalOptions,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TaskResult:
+        """One task of the paper's zero-shot table on `docs` (evaluation.tasks.run_task)."""
+        from gpt2cli.evaluation.tasks import run_task
+
+        return run_task(self.backend, task, docs, settings, progress)

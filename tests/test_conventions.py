@@ -30,6 +30,7 @@ import pytest
 from tests.clirun import Result, run_cli, run_in_process
 
 TEXTS = ("Hello world", "The second text.")
+EVAL_DATA = Path(__file__).resolve().parent / "data" / "eval"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,14 @@ COMMANDS = [
     ),
     Command("info", ("info", "-m", "{model}"), "tiny_onnx_dir", per_input=False),
     Command("classify", ("classify", "-m", "{model}", *TEXTS), "tiny_classifier_dir"),
+    # one record per task (two tasks here, as two texts above)
+    Command(
+        "eval",
+        ("eval", "-m", "{model}", "--tasks", "text8,lambada_openai",
+         "--data", f"text8={EVAL_DATA / 'text8.txt'}",
+         "--data", f"lambada_openai={EVAL_DATA / 'lambada_openai.txt'}"),
+        "tiny_model_dir",
+    ),  # fmt: skip
 ]
 CASES = [(c, fmt) for c in COMMANDS for fmt in c.formats]
 
