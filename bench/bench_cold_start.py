@@ -137,6 +137,9 @@ def main() -> None:
         met = "met" if fastest <= TARGET_RATIO * reference else "not met"
         print(f"\ntarget: fastest gpt2cli export ≤ {TARGET_RATIO:g}x llama.cpp: "
               f"{fastest / reference:.2f}x, {met}")  # fmt: skip
+        if os.getloadavg()[0] > (os.cpu_count() or 1):
+            print("(a busy machine: llama.cpp's threads spin and suffer most from it, so the "
+                  "ratio flatters gpt2cli; compare CPU times, or rerun on an idle machine)")
     print("\ncommand: " + " ".join(gpt2cli_command(Path("DIR"))))
     if llama is not None:
         print("peer:    " + " ".join(llama))
