@@ -3,7 +3,8 @@ export against llama.cpp's llama-completion on the same weights (Q4_0), interlea
 round (the first engine rotating), medians. Issue 13's target: gpt2cli's fastest export within
 2x llama.cpp's time.
 
-    python bench/bench_cold_start.py [--runs 15] [--against NAME=DIR ...] [--json PATH] [--smoke]
+    python bench/bench_cold_start.py [--runs 15] [--against NAME=DIR ...] [--models DIR ...]
+                                     [--json PATH] [--smoke]
 
 gpt2cli runs as `gpt2cli generate -m DIR --max-new-tokens 1 -t 2 -p Hello`, llama.cpp as
 `llama-completion -m model-q4_0.gguf -n 1 -t 2 -p Hello -no-cnv --no-warmup` (skipped with a
@@ -87,12 +88,18 @@ def main() -> None:
     parser.add_argument("--against", action="append", default=[], metavar="NAME=DIR",
                         help="another gpt2cli source tree, run on the fastest export")
     parser.add_argument("--variants", nargs="+", default=None, help="onnx-* exports to run")
+    parser.add_argument("--models", nargs="+", type=Path, default=None, metavar="DIR",
+                        help="ONNX export directories to run instead (the last: --against's)")
     parser.add_argument("--peers", type=Path, default=PEERS, help="llama.cpp build and GGUFs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parse_args(parser)
 
-    variants = args.variants or [v for v in VARIANTS if v.startswith("onnx-")]
-    models = ensure_models(variants)
+    if args.models:
+        models = {str(directory): directory.resolve() for directory in args.models}
+        variants = list(models)
+    else:
+        variants = args.variants or [v for v in VARIANTS if v.startswith("onnx-")]
+        models = ensure_models(variants)
     trees = {"gpt2cli": ROOT}
     for item in args.against:
         name, _, directory = item.partition("=")
