@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import io
@@ -11,11 +12,14 @@ import signal
 import stat
 import sys
 import typing
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._coercion import RuntimeParam, build_runtime_param
+from typer._param_types import coerce_cli_choice
 from typer.core import TyperArgument, TyperGroup
 
 from gpt2cli import __version__
@@ -102,18 +106,83 @@ def _plain_param(param: Any) -> None:
 
 
 def _plain_help(command: Any) -> None:
-    """Give every parameter of `command`, its --help too, a plain metavar and literal help."""
+    """Give every parameter of `command`, its --help too, a plain metavar, literal help and
+    plain coercion."""
     command.help = _escape_markup(command.help)
     # Click makes the help option on first use and keeps it: make it now, to set its metavar.
     context = typer.Context(command, help_option_names=HELP_OPTION_NAMES)
     for param in [*command.params, command.get_help_option(context)]:
         if param is not None:
             _plain_param(param)
+            _plain_coercion(param)
+
+
+_UNSURE = object()  # a value _plain_value leaves to Typer
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,17})")
+_DECIMAL = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,15})?")
+
+
+def _plain_value(annotation: Any, info: Any, value: Any, ctx: Any) -> Any:
+    """`value` coerced to `annotation` as Typer's Pydantic adapter would, for the kinds of
+    value whose outcome is certain (a str, an int or decimal in plain digits within range, an
+    enum choice, a list of str); _UNSURE for anything else, errors included."""
+    if info.parser is not None:
+        return _UNSURE
+    if annotation is str:
+        return value if type(value) is str else _UNSURE
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,):
+        plain = type(value) in (list, tuple) and all(type(item) is str for item in value)
+        return list(value) if plain else _UNSURE
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        try:
+            return coerce_cli_choice(
+                value, choices=list(annotation), case_sensitive=info.case_sensitive, ctx=ctx
+            )
+        except ValueError:
+            return _UNSURE
+    if annotation is int and type(value) is int:
+        number: Any = value
+    elif annotation is int and type(value) is str and _INTEGER.fullmatch(value):
+        number = int(value)
+    elif annotation is float and type(value) is float:
+        number = value
+    elif annotation is float and type(value) is str and _DECIMAL.fullmatch(value):
+        number = float(value)
+    else:
+        return _UNSURE
+    if info.clamp or (info.min is not None and number < info.min):
+        return _UNSURE
+    return _UNSURE if info.max is not None and number > info.max else number
+
+
+@dataclass(frozen=True)
+class _PlainRuntimeParam(RuntimeParam):
+    """Typer's coercion of a parameter, without Pydantic for plain values (_plain_value):
+    importing Pydantic and building its adapters cost about 0.2 s of every run. Other values,
+    and so every error message, are Typer's own."""
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        plain = _plain_value(self.annotation, self.parameter_info, value, ctx)
+        if plain is not _UNSURE:
+            return plain
+        typer_param = build_runtime_param(param.type_descriptor)
+        param._runtime_param = typer_param
+        return typer_param._coerce_value(value, param=param, ctx=ctx)
+
+
+def _plain_coercion(param: Any) -> None:
+    """Coerce `param` with _PlainRuntimeParam (parameters that open files keep Typer's)."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if getattr(param, "_runtime_param", _UNSURE) is None and descriptor.file_annotation is None:
+        param._runtime_param = _PlainRuntimeParam(
+            parameter_info=descriptor.parameter_info, annotation=descriptor.annotation
+        )
 
 
 class _Group(TyperGroup):
     """The gpt2cli command group: built by Typer from the registered commands (on every run, so
-    commands registered anywhere are included), then given plain help throughout."""
+    commands registered anywhere are included), then given plain help and plain coercion
+    throughout."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -125,6 +194,7 @@ class _Group(TyperGroup):
         for param in params:  # Typer adds --install-completion and --show-completion later
             if param.metavar is None:
                 _plain_param(param)
+            _plain_coercion(param)
         return params
 
 
@@ -229,13 +299,28 @@ def _stdout_reader_gone() -> bool:
     return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
+def app_for(args: list[str]) -> typer.Typer:
+    """`app`, or a copy of it holding only the command that `args` start with: Typer builds
+    the options of every registered command on each run (reading their annotations is most
+    of a cold start's parsing time), and one is enough to run one. The root's help, its
+    options and shell completion use the whole app, as do unknown options' suggestions."""
+    if not args or f"_{app.info.name}_COMPLETE".upper() in os.environ or app.registered_groups:
+        return app
+    wanted = [command for command in app.registered_commands if command.name == args[0]]
+    if len(wanted) != 1:
+        return app
+    narrow = copy.copy(app)
+    narrow.registered_commands = wanted
+    return narrow
+
+
 def run(args: list[str]) -> int:
     """Run the app on `args` and map every outcome to an exit code."""
     if not args:
         args = ["--help"]
     try:
         args = check_argument_encoding(args)
-        result = app(args=args, prog_name="gpt2cli", standalone_mode=False)
+        result = app_for(args)(args=args, prog_name="gpt2cli", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except CliError as exc:
         if Settings.debug:
@@ -301,7 +386,7 @@ def _usage_message(exc: Exception) -> str:
     if type(exc).__name__ != "NoSuchOption" or ctx is None or not name:
         return exc.format_message()  # type: ignore[attr-defined]
     message = f"No such option: {escape_controls(name)}"
-    hint = suggest_option(name, ctx.command, ctx.find_root().command)
+    hint = suggest_option(name, ctx.command, typer.main.get_command(app))  # all commands
     return f"{message} ({hint})" if hint else message
 
 
@@ -551,4 +636,27 @@ def main() -> None:
         code = EXIT_INTERRUPTED
     if Settings.interrupted:
         code = 128 + Settings.interrupted
+    if code == 0 and _nothing_to_tear_down():
+        # Freeing a loaded model and every module takes about 0.1 s of a cold start, for
+        # memory the system reclaims at once anyway.
+        os._exit(code)
     sys.exit(code)
+
+
+def _nothing_to_tear_down() -> bool:
+    """Whether exiting without the interpreter's teardown loses nothing: no other thread, no
+    exit handler (logging's is run here), stderr flushed (stdout already is)."""
+    import atexit
+    import threading
+
+    handlers = getattr(atexit, "_ncallbacks", lambda: -1)()
+    if "logging" in sys.modules:
+        import logging
+
+        logging.shutdown()  # flushes and closes any handler, as its own exit handler would
+        handlers -= 1
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return False
+    return handlers == 0 and threading.active_count() == 1

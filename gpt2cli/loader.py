@@ -17,7 +17,7 @@ from gpt2cli.model_files import (
     resolve_model_dir,
 )
 from gpt2cli.model_info import ModelInfo, model_info
-from gpt2cli.tokenizer import HFTokenizer, Tokenizer, check_threads
+from gpt2cli.tokenizer import Tokenizer, check_threads, model_tokenizer
 
 if TYPE_CHECKING:
     from gpt2cli.backends.base import Backend
@@ -51,7 +51,7 @@ def load_model_tokenizer(directory: Path, vocab_size: int | None = None) -> Toke
     they would index past the embedding table.
     """
     if any((directory / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-        tokenizer = HFTokenizer.from_dir(directory)
+        tokenizer = model_tokenizer(directory)
         if vocab_size is not None and tokenizer.id_bound() > vocab_size:
             name = "tokenizer.json" if (directory / "tokenizer.json").is_file() else "vocab.json"
             raise ModelError(

@@ -7,20 +7,27 @@ of a UTF-8 sequence.
 from __future__ import annotations
 
 import binascii
+import contextlib
+import hashlib
+import json
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from itertools import chain, islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpt2cli.errors import InputError, ModelError
 from gpt2cli.inputs import GPT2_SPLITS, SplitRule, split_chunks
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
+    from pathlib import Path
+
+    import tiktoken
 
 GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -71,6 +78,10 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
 
+    def id_bound(self) -> int:
+        """One more than the largest id the tokenizer can produce."""
+        return self.vocab_size
+
     def split_rule(self) -> SplitRule | None:
         """Where a text may be cut and encoded in pieces with the same ids; None: nowhere."""
         return None
@@ -98,20 +109,30 @@ class GPT2Tokenizer(Tokenizer):
     """OpenAI's GPT-2 BPE on the tiktoken engine, from the vocabulary shipped in the package."""
 
     def __init__(self, parse_special: bool = True) -> None:
-        import tiktoken
-
-        self._encoding = tiktoken.Encoding(
-            name="gpt2",
-            pat_str=GPT2_PATTERN,
-            mergeable_ranks=_gpt2_ranks(),
-            special_tokens={ENDOFTEXT: GPT2_VOCAB_SIZE - 1},
-            explicit_n_vocab=GPT2_VOCAB_SIZE,
-        )
+        # Built in a thread (about 0.1 s: importing tiktoken, reading the ranks, tiktoken's own
+        # set-up), which overlaps with whatever the caller does next: loading a model's weights,
+        # where ONNX Runtime releases the GIL. The first use waits for it; so does the exit (not a
+        # daemon: no thread is cut off inside tiktoken at shutdown).
+        self._built: tiktoken.Encoding | None = None
+        self._building = threading.Thread(target=self._build, name="gpt2cli-tokenizer")
+        self._building.start()
         self._parse_special = parse_special
         self._pool = None
         self._pool_threads = 0
         self.vocab_size = GPT2_VOCAB_SIZE
         self.eos_token_id = GPT2_VOCAB_SIZE - 1
+
+    def _build(self) -> None:
+        with contextlib.suppress(Exception):  # then the first use raises it
+            self._built = _gpt2_encoding()
+
+    @property
+    def _encoding(self) -> tiktoken.Encoding:
+        if self._built is None:
+            self._building.join()  # returns at once in a child forked meanwhile
+            if self._built is None:
+                self._built = _gpt2_encoding()
+        return self._built
 
     def encode(self, text: str) -> list[int]:
         if self._parse_special and ENDOFTEXT in text:
@@ -139,7 +160,10 @@ class GPT2Tokenizer(Tokenizer):
         return self._pool
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._encoding.decode_single_token_bytes(token_id)
+        try:
+            return self._encoding.decode_single_token_bytes(token_id)
+        except KeyError:  # as HFTokenizer says it
+            raise InputError(f"token id {token_id} is not in the vocabulary") from None
 
     def split_rule(self) -> SplitRule:
         return GPT2_SPLITS
@@ -149,7 +173,22 @@ class GPT2Tokenizer(Tokenizer):
         return GPT2_MAX_TOKEN_BYTES
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return self._encoding.decode_bytes(ids)
+        try:
+            return self._encoding.decode_bytes(ids)
+        except KeyError:  # an id outside the vocabulary: say which
+            return super().decode_bytes(ids)
+
+
+def _gpt2_encoding() -> tiktoken.Encoding:
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=_gpt2_ranks(),
+        special_tokens={ENDOFTEXT: GPT2_VOCAB_SIZE - 1},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
 
 
 def _gpt2_ranks() -> dict[bytes, int]:
@@ -157,6 +196,133 @@ def _gpt2_ranks() -> dict[bytes, int]:
     data = resources.files("gpt2cli").joinpath("data/gpt2.tiktoken").read_bytes()
     tokens = [line.split(b" ", 1)[0] for line in data.splitlines()]
     return dict(zip(map(binascii.a2b_base64, tokens), range(len(tokens)), strict=True))
+
+
+# GPT-2's own tokenizer files, recognised so that a model shipping them gets the built-in
+# tokenizer (tiktoken, shipped ranks: about 0.1 s) instead of `tokenizers` parsing tokenizer.json
+# (about 0.5 s with the vocabulary scan for the split rule). Both give the same ids
+# (tests/test_cold_start.py). The digests are of the vocabulary (tokens in id order) and the
+# merges ("left right"), each joined with newlines: see _bpe_digests.
+GPT2_VOCAB_SHA256 = "e35a33a0b2250c932ffdafc4c3a3552aef0cc7af7a11e9ebfddf1d2a6517371f"
+GPT2_MERGES_SHA256 = "04e3597d7996f292ca9b8b7285ca4d58a6ae171ac47d73fc7140ceb0c7a6bbc0"
+GPT2_MERGES = 50000
+# tokenizer.json files known byte for byte to be GPT-2's (as transformers 4.57 saves it): no
+# need to parse them. Any other file is checked field by field.
+GPT2_TOKENIZER_JSON_SHA256 = frozenset(
+    {"1fe93b6152957cf9cfd6d89002467f789ce8b3f3e000b3a2edf27c808ddd0b9e"}
+)
+_MAX_GPT2_FILE_BYTES = 4 << 20  # GPT-2's tokenizer.json is 1.4 MB: anything far bigger is not
+# GPT-2's only added token, as tokenizers writes it (`normalized` is moot without a normalizer).
+_GPT2_ADDED_TOKEN: dict[str, Any] = {
+    "id": GPT2_VOCAB_SIZE - 1, "content": ENDOFTEXT, "single_word": False, "lstrip": False,
+    "rstrip": False, "special": True,
+}  # fmt: skip
+
+
+def is_gpt2_tokenizer(directory: Path) -> bool:
+    """Whether the tokenizer files in `directory` that HFTokenizer.from_dir would read are
+    GPT-2's own: the same vocabulary and merges, the same single added token, the same
+    pre-tokenizer and no normalizer, truncation or padding, so that GPT2Tokenizer gives the
+    same ids. Any doubt (a file unreadable or laid out otherwise) is False."""
+    try:
+        tokenizer_json = directory / "tokenizer.json"
+        if tokenizer_json.is_file():
+            return _is_gpt2_tokenizer_json(tokenizer_json.read_bytes())
+        vocab, merges = directory / "vocab.json", directory / "merges.txt"
+        if vocab.is_file() and merges.is_file():
+            return _is_gpt2_vocab_files(vocab.read_bytes(), merges.read_bytes())
+    except Exception:  # noqa: BLE001 - a file `tokenizers` may still read, or report
+        return False
+    return False
+
+
+def _is_gpt2_tokenizer_json(data: bytes) -> bool:
+    if hashlib.sha256(data).hexdigest() in GPT2_TOKENIZER_JSON_SHA256:
+        return True
+    if len(data) > _MAX_GPT2_FILE_BYTES:
+        return False
+    spec = json.loads(data)
+    model, pre = spec["model"], spec["pre_tokenizer"]
+    added = spec["added_tokens"]
+    return (
+        spec.get("truncation") is None
+        and spec.get("padding") is None
+        and spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("add_prefix_space") is False
+        and pre.get("use_regex", True) is True
+        and model.get("type") == "BPE"
+        and model.get("dropout") is None
+        and model.get("unk_token") is None
+        and model.get("continuing_subword_prefix") in (None, "")
+        and model.get("end_of_word_suffix") in (None, "")
+        and model.get("byte_fallback", False) is False
+        and model.get("ignore_merges", False) is False
+        and len(added) == 1
+        and _same(added[0], _GPT2_ADDED_TOKEN, optional=("normalized",))
+        and _bpe_digests(model["vocab"], model["merges"]) == (GPT2_VOCAB_SHA256, GPT2_MERGES_SHA256)
+    )
+
+
+def _is_gpt2_vocab_files(vocab: bytes, merges: bytes) -> bool:
+    """vocab.json and merges.txt as HFTokenizer.from_dir reads them (lines starting with
+    #version skipped, as `tokenizers` does)."""
+    if len(vocab) > _MAX_GPT2_FILE_BYTES or len(merges) > _MAX_GPT2_FILE_BYTES:
+        return False
+    lines = merges.decode("utf-8").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    pairs = [line for line in lines if not line.startswith("#version")]
+    digests = _bpe_digests(json.loads(vocab), pairs)
+    return digests == (GPT2_VOCAB_SHA256, GPT2_MERGES_SHA256)
+
+
+def _same(found: Any, expected: dict[str, Any], optional: tuple[str, ...] = ()) -> bool:
+    """`found` is a dict with exactly `expected`'s items (types included: True is not 1),
+    plus any of the `optional` keys."""
+    if not isinstance(found, dict) or set(found) - set(optional) != set(expected):
+        return False
+    return all(type(found[k]) is type(v) and found[k] == v for k, v in expected.items())
+
+
+def _bpe_digests(vocab: Any, merges: Any) -> tuple[str, str] | None:
+    """sha256 of the tokens in id order and of the merges as "left right" lines; None unless
+    they have GPT-2's sizes, the ids are 0..n-1 and no token or merge holds a newline (so
+    that the joined texts stand for exactly one vocabulary and one merge list)."""
+    if not isinstance(vocab, dict) or len(vocab) != GPT2_VOCAB_SIZE:
+        return None
+    if not isinstance(merges, list) or len(merges) != GPT2_MERGES:
+        return None
+    tokens: list[str | None] = [None] * GPT2_VOCAB_SIZE
+    for token, token_id in vocab.items():
+        if type(token_id) is not int or not 0 <= token_id < GPT2_VOCAB_SIZE:
+            return None
+        tokens[token_id] = token
+    if any(token is None for token in tokens):
+        return None
+    vocab_text = "\n".join(tokens)  # type: ignore[arg-type]
+    if all(type(merge) is str for merge in merges):
+        merge_text = "\n".join(merges)  # a line with other than one space will not match
+    elif all(type(merge) is list and len(merge) == 2 for merge in merges):
+        merge_text = "\n".join(map(" ".join, merges))
+        if merge_text.count(" ") != GPT2_MERGES:  # a space inside a piece
+            return None
+    else:
+        return None
+    if vocab_text.count("\n") != GPT2_VOCAB_SIZE - 1 or merge_text.count("\n") != GPT2_MERGES - 1:
+        return None
+    return (
+        hashlib.sha256(vocab_text.encode("utf-8")).hexdigest(),
+        hashlib.sha256(merge_text.encode("utf-8")).hexdigest(),
+    )
+
+
+def model_tokenizer(directory: Path, parse_special: bool = True) -> Tokenizer:
+    """The tokenizer of a model directory's tokenizer files: the built-in one when they are
+    GPT-2's own (is_gpt2_tokenizer), which loads several times faster; else HFTokenizer."""
+    if is_gpt2_tokenizer(directory):
+        return GPT2Tokenizer(parse_special=parse_special)
+    return HFTokenizer.from_dir(directory, parse_special=parse_special)
 
 
 @lru_cache(maxsize=1)
@@ -394,7 +560,7 @@ def load_tokenizer(model: str | None = None, parse_special: bool = True) -> Toke
     from gpt2cli.model_files import TOKENIZER_FILES, resolve_model_dir
 
     directory = resolve_model_dir(model, TOKENIZER_FILES)
-    return HFTokenizer.from_dir(directory, parse_special=parse_special)
+    return model_tokenizer(directory, parse_special=parse_special)
 
 
 def token_offsets(pieces: Sequence[bytes]) -> list[tuple[int, int]]:
