@@ -74,6 +74,7 @@ ENGINES: dict[str, tuple[str, str, str, str]] = {
     "ct2-int8": ("CTranslate2 int8", "8-bit", "ct2", "int8"),
     "ct2-float32": ("CTranslate2 float32", "fp32", "ct2", "float32"),
     "gpt2cli-int4": ("gpt2cli onnx int4", "4-bit", "gpt2cli", "onnx-int4"),
+    "gpt2cli-int4h4": ("gpt2cli onnx int4, 4-bit head", "4-bit", "gpt2cli", "onnx-int4h4"),
     "gpt2cli-int8": ("gpt2cli onnx int8", "8-bit", "gpt2cli", "onnx-int8"),
     "gpt2cli-fp32": ("gpt2cli onnx fp32", "fp32", "gpt2cli", "onnx-fp32"),
 }
@@ -328,7 +329,7 @@ def main() -> None:
             log(f"skipping {engine}: {why}")
         else:
             engines.append(engine)
-    ensure_models(["torch", "onnx-fp32", "onnx-int8", "onnx-int4"])
+    ensure_models(["torch", "onnx-fp32", "onnx-int8", "onnx-int4", "onnx-int4h4"])
     versions = {"llama.cpp": peers.llama_version(), "ctranslate2": peers.ct2_version()}
     print(f"{describe_model()}; {THREADS} threads everywhere; decode {args.tokens} new tokens "
           f"greedy, prefill {args.prefill} tokens; median of {args.rounds} interleaved rounds; "
@@ -454,6 +455,8 @@ def main() -> None:
             rows: list[tuple[str, Any]] = [
                 ("gpt2cli onnx int8", lambda: gpt2cli_kl("onnx-int8", args.fidelity_tokens)),
                 ("gpt2cli onnx int4", lambda: gpt2cli_kl("onnx-int4", args.fidelity_tokens)),
+                ("gpt2cli onnx int4, 4-bit head",
+                 lambda: gpt2cli_kl("onnx-int4h4", args.fidelity_tokens)),
             ]
             if (peers.bin / "llama-perplexity").exists():
                 rows += [

@@ -42,6 +42,7 @@ OPSET = 17  # the oldest with LayerNormalization
 # activation_function values and the contrib operator computing each exactly.
 ACTIVATIONS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "Gelu"}
 LM_HEAD_TRANSPOSED = "lm_head.weight_transposed"
+LM_HEAD_NODE = "/lm_head"
 CONTRIB_OPS = {"SkipLayerNormalization", "MultiHeadAttention", "GroupQueryAttention", "FastGelu",
                "Gelu", "FusedMatMul"}  # fmt: skip
 MASKED = -10000.0  # MultiHeadAttention's mask_filter_value: exp() of it is 0 in float32
@@ -192,11 +193,11 @@ def build_decoder(
     head = weights.get("lm_head.weight")
     tied = head is None or np.array_equal(head, weights["transformer.wte.weight"])
     if tied and not quantizable:
-        node("FusedMatMul", ["/kept", wte], [LOGITS_OUTPUT], "/lm_head", transB=1)
+        node("FusedMatMul", ["/kept", wte], [LOGITS_OUTPUT], LM_HEAD_NODE, transB=1)
     else:
         table = weights["transformer.wte.weight"] if tied else head
         node("MatMul", ["/kept", weight(LM_HEAD_TRANSPOSED, np.asarray(table).T)],
-             [LOGITS_OUTPUT], "/lm_head")
+             [LOGITS_OUTPUT], LM_HEAD_NODE)
 
     batch, new, total, past = "batch_size", "sequence_length", "total_sequence_length", \
         "past_sequence_length"

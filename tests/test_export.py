@@ -347,7 +347,13 @@ def test_quantized_exports_reproduce_the_memorised_paragraph(
             "method": "onnxruntime dynamic int8", "per_channel": True,
         }
     if settings.quantize == "int4":
-        ops = [n.op_type for n in graph(out).graph.node]
+        nodes = graph(out).graph.node
+        bits = {n.output[0]: {a.name: a.i for a in n.attribute}["bits"]
+                for n in nodes if n.op_type == "MatMulNBits"}
+        assert bits.pop("logits") == 8  # the vocabulary projection stays 8-bit by default
+        assert set(bits.values()) == {4}
+        assert manifest["quantization"]["block_size"] == 128
+        ops = [n.op_type for n in nodes]
         assert ops.count("MatMulNBits") == 2 * 4 + 1
         assert ops.count("GatherBlockQuantized") == 2  # token and position embeddings
 

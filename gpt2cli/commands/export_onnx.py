@@ -91,12 +91,21 @@ def export_onnx(
         ),
     ] = False,
     block_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--block-size", metavar="N", min=16, help="Weights per quantization block (16 to "
-            "256, a power of two)."
+            "256, a power of two; default: 32 for int8, like llama.cpp's Q8_0, and 128 for "
+            "int4).", show_default=False,
         ),
-    ] = 32,
+    ] = None,
+    head_bits: Annotated[
+        int | None,
+        typer.Option(
+            "--head-bits", metavar="N", help="int4: bits of the vocabulary projection, 8 "
+            "(default: 6x less KL divergence) or 4 (all-4-bit: the fastest decode).",
+            show_default=False,
+        ),
+    ] = None,
     validate: Annotated[
         bool,
         typer.Option(
@@ -135,6 +144,7 @@ def export_onnx(
         quantize=quantize.value if quantize is not None else None,
         per_channel=per_channel,
         block_size=block_size,
+        head_bits=head_bits,
         graph=graph.value,
         validate=validate,
         force=force,
