@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt2cli.backends.base import Backend, ModelInfo
+from gpt2cli.backends.base import Backend, ModelInfo, position_ids_from_mask
 from gpt2cli.errors import InputError
 from gpt2cli.tokenizer import Tokenizer
 
@@ -410,7 +410,9 @@ def _jobs(items: Sequence[ScoringItem]) -> list[_Job]:
 
 
 def _batches(jobs: list[_Job], batch_size: int) -> list[list[_Job]]:
-    """Windows grouped by length (little padding) under the per-pass bounds."""
+    """Windows grouped by length (little padding) under the per-pass bounds. Rows are
+    left-padded, so every row's targets end at the last position: a batch projects the most
+    targets any of its rows has, however their windows' lengths differ."""
     order = sorted(jobs, key=lambda j: (len(j.inputs), len(j.targets)), reverse=True)
     batches: list[list[_Job]] = []
     current: list[_Job] = []
@@ -419,7 +421,7 @@ def _batches(jobs: list[_Job], batch_size: int) -> list[list[_Job]]:
     for job in order:
         if current:
             width = len(current[0].inputs)  # sorted: the first is the longest
-            new_rows = max(rows, _tail(job, width))
+            new_rows = max(rows, len(job.targets))
             size = len(current) + 1
             wasted = 1 - (useful + len(job.targets)) / (size * new_rows)
             if (
@@ -434,23 +436,19 @@ def _batches(jobs: list[_Job], batch_size: int) -> list[list[_Job]]:
             rows = len(job.targets)
         current.append(job)
         useful += len(job.targets)
-        rows = max(rows, _tail(job, len(current[0].inputs)))
+        rows = max(rows, len(job.targets))
     if current:
         batches.append(current)
     return batches
-
-
-def _tail(job: _Job, width: int) -> int:
-    """Logit rows needed from the end of a right-padded row of `width` to cover `job`'s targets."""
-    return width - len(job.inputs) + len(job.targets)
 
 
 def forward_tail_logits(
     backend: Backend, input_ids: np.ndarray, mask: np.ndarray, keep: int
 ) -> np.ndarray:
     """Logits (B, keep, V) of the last `keep` positions; only those are projected onto the
-    vocabulary, the step that costs a third of a GPT-2 small forward pass."""
-    positions = np.repeat(np.arange(input_ids.shape[1], dtype=np.int64)[None, :], len(input_ids), 0)
+    vocabulary, the step that costs a third of a GPT-2 small forward pass. Rows may be
+    left-padded (mask 0)."""
+    positions = position_ids_from_mask(mask, input_ids.shape[1])
     logits = backend.forward(input_ids, mask, positions, logits=keep).logits
     assert logits is not None and logits.shape[1] == keep
     return logits
@@ -555,18 +553,17 @@ def run_items(
     total_tokens = sum(len(j.targets) for j in jobs)
     for batch in _batches(jobs, options.batch_size):
         width = len(batch[0].inputs)
-        keep = max(_tail(j, width) for j in batch)
+        keep = max(len(j.targets) for j in batch)
         input_ids = np.zeros((len(batch), width), dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, job in enumerate(batch):
-            input_ids[row, : len(job.inputs)] = job.inputs
-            mask[row, : len(job.inputs)] = 1
+            input_ids[row, width - len(job.inputs) :] = job.inputs
+            mask[row, width - len(job.inputs) :] = 1
         logits = forward_tail_logits(backend, input_ids, mask, keep)
         base = options.kl_base
         base_logits = forward_tail_logits(base, input_ids, mask, keep) if base else None
         for row, job in enumerate(batch):
-            end = keep - (width - len(job.inputs))  # right padding sits after the real tokens
-            span = slice(end - len(job.targets), end)
+            span = slice(keep - len(job.targets), keep)  # left padding: every row ends at keep
             rows = logits[row, span]
             base_rows = base_logits[row, span] if base_logits is not None else None
             parts[job.item].append(
