@@ -304,13 +304,14 @@ def app_for(args: list[str]) -> typer.Typer:
     the options of every registered command on each run (reading their annotations is most
     of a cold start's parsing time), and one is enough to run one. The root's help, its
     options and shell completion use the whole app, as do unknown options' suggestions."""
-    if not args or f"_{app.info.name}_COMPLETE".upper() in os.environ or app.registered_groups:
+    if not args or f"_{app.info.name}_COMPLETE".upper() in os.environ:
         return app
-    wanted = [command for command in app.registered_commands if command.name == args[0]]
-    if len(wanted) != 1:
+    commands = [command for command in app.registered_commands if command.name == args[0]]
+    groups = [group for group in app.registered_groups if group.name == args[0]]
+    if len(commands) + len(groups) != 1:
         return app
     narrow = copy.copy(app)
-    narrow.registered_commands = wanted
+    narrow.registered_commands, narrow.registered_groups = commands, groups
     return narrow
 
 
