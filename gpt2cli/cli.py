@@ -637,11 +637,18 @@ def main() -> None:
         code = EXIT_INTERRUPTED
     if Settings.interrupted:
         code = 128 + Settings.interrupted
-    if code == 0 and _nothing_to_tear_down():
+    if code == 0 and _is_the_program() and _nothing_to_tear_down():
         # Freeing a loaded model and every module takes about 0.1 s of a cold start, for
         # memory the system reclaims at once anyway.
         os._exit(code)
     sys.exit(code)
+
+
+def _is_the_program() -> bool:
+    """Whether main() runs as the process's program (the console script, `python -m
+    gpt2cli`), not called by other code that goes on after it returns."""
+    path = Path(getattr(sys.modules.get("__main__"), "__file__", None) or "")
+    return path.name == "gpt2cli" or (path.name, path.parent.name) == ("__main__.py", "gpt2cli")
 
 
 def _nothing_to_tear_down() -> bool:

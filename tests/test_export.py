@@ -173,17 +173,24 @@ def test_tied_embedding_is_stored_once(tiny_onnx_dir: Path) -> None:
     assert (tiny_onnx_dir / "model.onnx_data").is_file()  # mapped at load, not parsed
 
 
-def test_fused_graph_is_seven_nodes_a_layer(tiny_onnx_dir: Path) -> None:
-    """The default export: GPT-2 built from ONNX Runtime's fused operators, no shape
-    arithmetic, attention in one node per layer."""
+def test_fused_graph_is_nine_nodes_a_layer(tiny_onnx_dir: Path) -> None:
+    """The default export: GPT-2 built from ONNX Runtime's fused operators; attention is one
+    node a layer, appending to the cache in place (the backend binds past and present)."""
+    import onnxruntime as ort
+
     model = graph(tiny_onnx_dir)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MultiHeadAttention") == 2 and ops.count("SkipLayerNormalization") == 4
+    assert ops.count("GroupQueryAttention") == 2 and ops.count("SkipLayerNormalization") == 4
     assert ops.count("FastGelu") == 2 and ops.count("MatMul") == 2 * 4
-    assert len(ops) <= 2 * 8 + 10  # 8 a layer (with the QKV split), 10 around them
-    assert not {"Shape", "Concat", "Unsqueeze", "Where", "Softmax"} & set(ops)
+    assert len(ops) <= 2 * 9 + 30  # 9 a layer, the rest shared (embeddings, mask, head)
+    assert not {"Where", "Softmax", "Transpose", "Concat"} & {
+        n.op_type for n in model.graph.node if n.name.startswith("/h.")
+    }
+    assert {p.key: p.value for p in model.metadata_props} == {"gpt2cli.shared_cache": "1"}
     manifest = json.loads((tiny_onnx_dir / MANIFEST_NAME).read_text())
     assert manifest["graph"] == "fused"
+    session = ort.InferenceSession(str(tiny_onnx_dir / "model.onnx"))
+    assert session.get_modelmeta().custom_metadata_map["gpt2cli.shared_cache"] == "1"
 
 
 def test_attention_scale_is_folded_so_key_transpose_fuses(

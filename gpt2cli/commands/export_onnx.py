@@ -102,7 +102,7 @@ def export_onnx(
         int | None,
         typer.Option(
             "--head-bits", metavar="N", help="int4: bits of the vocabulary projection, 8 "
-            "(default: 6x less KL divergence) or 4 (all-4-bit: the fastest decode).",
+            "(default: less error) or 4 (all-4-bit: the fastest decode).",
             show_default=False,
         ),
     ] = None,
