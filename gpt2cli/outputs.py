@@ -447,16 +447,20 @@ def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> 
             yield stream
         return
     real = target.file
-    # Named before it exists, so that an interrupt at any moment after creation can remove it.
+    # Named before it exists, so that an interrupt at any moment after creation can remove it:
+    # the open itself is inside the try (an interrupt may land as it returns).
     tmp = real.parent / temp_name(real.name)
+    fd = -1
+    raw: _OutputFile | None = None
+    stream: IO | None = None
     try:
-        # 0o666 less the umask, as for any new file; a replaced file's mode is kept.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise _open_error(target.shown, real.parent, exc) from None
-    raw = _OutputFile(fd, target.shown)
-    stream = _stream(raw, binary)
-    try:
+        try:
+            # 0o666 less the umask, as for any new file; a replaced file's mode is kept.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise _open_error(target.shown, real.parent, exc) from None
+        raw = _OutputFile(fd, target.shown)
+        stream = _stream(raw, binary)
         if target.exists:
             with suppress(OSError):
                 os.fchmod(fd, stat.S_IMODE(os.stat(real).st_mode))
@@ -469,9 +473,14 @@ def atomic_file(path: str | Path, force: bool = False, binary: bool = False) -> 
             raise KeyboardInterrupt
         stream.close()
         _commit(tmp, target, force)
-    except BaseException:
-        _discard(raw, stream)
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if raw is not None and stream is not None:
+            _discard(raw, stream)
+        elif fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
+        if fd >= 0 or not isinstance(exc, CliError):  # not when the open itself failed
+            tmp.unlink(missing_ok=True)
         raise
 
 
