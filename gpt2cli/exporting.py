@@ -1,7 +1,7 @@
 """The ONNX export engine behind `gpt2cli export-onnx`.
 
 Two graphs. The default, `fused`, is GPT-2's decoder built directly from the weights with ONNX
-Runtime's fused operators (`onnx_graph`: about 7 nodes a layer). `optimum` is optimum's export
+Runtime's fused operators (`onnx_graph`: 9 nodes a layer). `optimum` is optimum's export
 (text-generation-with-past) finished by a graph edit that stores GPT-2's tied embedding once and
 adds `hidden_states.{i}` outputs and an overridable `logits_to_keep` input (default 0 = all
 positions). Both have the same inputs and outputs. Optional quantization: the fused graph's

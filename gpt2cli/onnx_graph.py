@@ -2,11 +2,11 @@
 
 optimum's export traces transformers' Python: about 2,700 nodes for 12 layers (shape arithmetic,
 masks rebuilt every step, attention as a dozen small operators). This builder writes the same
-model as 7 nodes a layer:
+model as 9 nodes a layer:
 
     SkipLayerNormalization   residual sum + layer norm (the previous layer's bias folded in)
-    MatMul                   fused query, key and value projection
-    MultiHeadAttention       causal, key padding mask (left padding), past → present cache
+    MatMul + Add             fused query, key and value projection and its bias
+    GroupQueryAttention      causal, left padding as a bias, appends to the cache in place
     MatMul                   attention output projection
     SkipLayerNormalization   residual sum + ln_2 (the projection's bias folded in)
     MatMul + FastGelu        MLP up-projection, bias and GPT-2's tanh GELU in one kernel
