@@ -50,6 +50,7 @@ FINISH_CANCELLED = "cancelled"
 FINISH_ERROR = "error"
 DEFAULT_MAX_ROWS = 8
 COMPACT_AT = 1.5  # cache length / longest row's tokens above which the cache is rebuilt
+PREFILL_PADDING = 1.25  # most positions / real tokens in one prefill forward of joining rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,26 +311,45 @@ class Scheduler:
             self._waiting.popleft()
             new.append(_Row(handle))
             self._reserved += need
+        # Longest first, so that _prefill groups rows of similar length (a row's outputs do
+        # not depend on its place in the batch).
+        new.sort(key=lambda row: len(row.sequence.prompt_ids), reverse=True)
         return new
 
-    def _prefill(self, new: list[_Row]) -> tuple[Any, np.ndarray]:
-        """The cache of the joining rows' prompts but their last tokens (right-aligned, None
-        when every prompt is one token), and those prefixes' lengths."""
+    def _prefill(self, new: list[_Row]) -> tuple[list[tuple[Any, np.ndarray]], np.ndarray]:
+        """The caches of the joining rows' prompts but their last tokens, as join_rows parts
+        (each a right-aligned cache, None when its prompts are one token, and its rows) that
+        hold the rows in order, and those prefixes' lengths. Rows are prefilled in groups of
+        similar length (`new` comes longest first), since a left-padded position costs as much
+        as a real one."""
         prefixes = [row.sequence.prompt_ids[:-1] for row in new]
         lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
-        width = int(lengths.max())
-        if not width:
-            return None, lengths
-        ids = np.zeros((len(new), width), dtype=np.int64)
-        mask = np.zeros((len(new), width), dtype=np.int64)
-        for i, (row, prefix) in enumerate(zip(new, prefixes, strict=True)):
-            ids[i, :] = row.params.pad_token_id
-            if prefix:
-                ids[i, width - len(prefix) :] = prefix
-                mask[i, width - len(prefix) :] = 1
-        positions = position_ids_from_mask(mask, width)
-        cache = self.backend.forward(ids, mask, positions, None, logits="none").cache
-        return cache, lengths
+        parts: list[tuple[Any, np.ndarray]] = []
+        start = 0
+        while start < len(new):
+            width, end, tokens = int(lengths[start]), start + 1, int(lengths[start])
+            while end < len(new) and (end - start + 1) * width <= PREFILL_PADDING * (
+                tokens + int(lengths[end])
+            ):
+                tokens += int(lengths[end])
+                end += 1
+            group = np.arange(end - start, dtype=np.int64)
+            if not width:
+                parts.append((None, group))
+            else:
+                ids = np.zeros((end - start, width), dtype=np.int64)
+                mask = np.zeros((end - start, width), dtype=np.int64)
+                for i in range(start, end):
+                    prefix = prefixes[i]
+                    ids[i - start, :] = new[i].params.pad_token_id
+                    if prefix:
+                        ids[i - start, width - len(prefix) :] = prefix
+                        mask[i - start, width - len(prefix) :] = 1
+                positions = position_ids_from_mask(mask, width)
+                result = self.backend.forward(ids, mask, positions, None, logits="none")
+                parts.append((result.cache, group))
+            start = end
+        return parts, lengths
 
     def _refill(self, live: list[int], ended: list[int], new: list[_Row]) -> bool:
         """Put the joining rows into the slots of ended ones, writing their caches into the
@@ -353,13 +373,11 @@ class Scheduler:
         if self._length > COMPACT_AT * int(lengths[working].max()):
             return False
         if new:
-            cache, _ = self._prefill(new)
-            self._cache = self.backend.write_rows(
-                self._cache,
-                np.asarray(refilled, dtype=np.int64),
-                cache,
-                np.arange(len(new), dtype=np.int64),
-            )
+            parts, _ = self._prefill(new)
+            slots = np.asarray(refilled, dtype=np.int64)
+            for cache, rows in parts:
+                self._cache = self.backend.write_rows(self._cache, slots[: len(rows)], cache, rows)
+                slots = slots[len(rows) :]
             for slot, row in zip(refilled, new, strict=True):
                 self._rows[slot] = row
         self._lengths = lengths
@@ -374,13 +392,13 @@ class Scheduler:
         if keep:
             parts.append((self._cache, np.asarray(keep, dtype=np.int64)))
         if new:
-            cache, prefix_lengths = self._prefill(new)
-            if not keep:  # the prefill's cache is already the batch's: no copy
-                self._rows, self._idle, self._cache = new, frozenset(), cache
+            prefilled, prefix_lengths = self._prefill(new)
+            if not keep and len(prefilled) == 1:  # the prefill's cache is the batch's: no copy
+                self._rows, self._idle, self._cache = new, frozenset(), prefilled[0][0]
                 self._lengths = prefix_lengths
                 self._length = int(prefix_lengths.max())
                 return
-            parts.append((cache, np.arange(len(new), dtype=np.int64)))
+            parts += prefilled
             lengths.append(prefix_lengths)
         self._lengths = np.concatenate(lengths)
         length = int(self._lengths.max()) if len(self._lengths) else 0

@@ -13,7 +13,13 @@ import pytest
 
 from gpt2cli.decoding import GeneratedSequence, GenerationParams, Prompt, plan_sequences
 from gpt2cli.loader import load_backend
-from gpt2cli.scheduler import FINISH_CANCELLED, RowRequest, Scheduler, generate
+from gpt2cli.scheduler import (
+    FINISH_CANCELLED,
+    PREFILL_PADDING,
+    RowRequest,
+    Scheduler,
+    generate,
+)
 from tests.models import MEMORISED_PARAGRAPH
 
 PROMPTS = [
@@ -349,3 +355,29 @@ def test_write_rows_equals_a_join(tiny) -> None:  # noqa: ANN001
         np.testing.assert_array_equal(got, want)
     cleared = tiny.write_rows(written, np.array([0]), None, np.array([0]))
     assert all(not a[0].any() for a in as_arrays(cleared))
+
+
+def test_joining_rows_prefill_in_groups_of_similar_length(memorised) -> None:  # noqa: ANN001
+    """Rows that join together are prefilled in groups of similar length, so that the padded
+    positions computed stay within PREFILL_PADDING of the real ones; they decode as alone."""
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    cuts = [2, 40, 5, 38, 1, 20, 39, 6]
+    rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=4)) for cut in cuts]
+    expected = alone(memorised, rows)
+    prefills: list[tuple[int, int]] = []  # (positions computed, real tokens) per prefill
+    forward = memorised.forward
+
+    def counting(input_ids: np.ndarray, mask: np.ndarray, positions: Any, cache: Any,
+                 **kwargs: Any) -> Any:
+        if cache is None:  # a prefill
+            prefills.append((input_ids.size, int(mask.sum())))
+        return forward(input_ids, mask, positions, cache, **kwargs)
+
+    memorised.forward = counting
+    try:
+        assert [s.token_ids for s in run(memorised, rows, 8)] == expected
+    finally:
+        del memorised.forward
+    assert len(prefills) > 1
+    assert sum(p for p, _ in prefills) <= PREFILL_PADDING * sum(r for _, r in prefills)
+    assert sum(r for _, r in prefills) == sum(cut - 1 for cut in cuts)
