@@ -144,7 +144,9 @@ def start_gpt2cli(precision: str, args: argparse.Namespace, logs: Path) -> Serve
         "--max-queue", str(max(args.requests, args.slots)),
         "--host", "127.0.0.1", "--port", str(port), "--no-ui",
     ]  # fmt: skip
-    return _start(f"gpt2cli {variant}", "gpt2cli", precision, command, port, logs)
+    # llama-server's threads (OpenMP here) spin before they sleep by default; --spin: gpt2cli's too
+    env = {"OMP_WAIT_POLICY": "ACTIVE"} if args.spin else {}
+    return _start(f"gpt2cli {variant}", "gpt2cli", precision, command, port, logs, env)
 
 
 def llama_paths(peers: Path, precision: str, smoke: bool) -> tuple[Path, Path] | str:
@@ -215,14 +217,15 @@ def start_llama(precision: str, args: argparse.Namespace, logs: Path) -> Server 
 
 
 def _start(
-    name: str, kind: str, precision: str, command: list[str], port: int, logs: Path
+    name: str, kind: str, precision: str, command: list[str], port: int, logs: Path,
+    env: dict[str, str] | None = None,
 ) -> Server:
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name.replace(' ', '-')}.log"
     with open(log_path, "wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=common.worker_env(),
+            env={**common.worker_env(), **(env or {})},
         )  # fmt: skip
     server = Server(name, kind, precision, f"http://127.0.0.1:{port}", process, log_path)
     log(f"starting {name}: {' '.join(command)}")
@@ -451,6 +454,9 @@ def main() -> None:
                         help="build.sh's output: llama.cpp/build/bin and models/.")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600, help="Seconds per request.")
     parser.add_argument("--output", type=Path, default=OUT / "serve.json")
+    parser.add_argument("--spin", action="store_true",
+                        help="gpt2cli's threads spin between steps (OMP_WAIT_POLICY=ACTIVE), as "
+                             "llama-server's OpenMP threads do by default")  # fmt: skip
     args = common.parse_args(parser)
     levels = sorted({int(x) for x in args.clients.split(",")})
     args.precisions = [p.strip() for p in args.precisions.split(",")]
@@ -466,7 +472,9 @@ def main() -> None:
         f"gpt2cli serve vs llama-server: {common.describe_model()}; {common.machine()}; "
         f"{args.requests} requests per level, {args.max_tokens} new tokens each, prompts of "
         f"32..256 tokens, greedy; {args.slots} slots, {args.threads} threads per server; "
-        f"{args.rounds} interleaved round(s); times in ms"
+        f"{args.rounds} interleaved round(s); gpt2cli threads "
+        f"{'spinning (OMP_WAIT_POLICY=ACTIVE)' if args.spin else 'not spinning (default)'}; "
+        "times in ms"
     )
     print(header)
     print(report(results, args.precisions, levels))

@@ -16,7 +16,10 @@ Only numpy here: the engine runs on either backend through `Backend.forward`.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,30 @@ MAX_WASTED_ROWS = 0.2  # fraction of projected logit rows that score nothing (pa
 # Logit rows reduced at a time, so temporaries stay small.
 ROW_BLOCK = 128
 RANK_BUCKETS = (10, 100, 1000)  # GLTR: top 10, top 100, top 1000, beyond
+MAX_REDUCE_THREADS = 4
+
+
+# numpy releases the GIL in its loops, so blocks of logit rows reduce in parallel between
+# forward passes, on the cores the forward pass has just used.
+_reducers: ThreadPoolExecutor | None = None
+_reducers_lock = threading.Lock()
+
+
+def _for_each_block(n: int, reduce_block: Callable[[int, int], None]) -> None:
+    """reduce_block(start, stop) over rows 0..n in blocks of ROW_BLOCK, in parallel."""
+    global _reducers
+    blocks = [(start, min(n, start + ROW_BLOCK)) for start in range(0, n, ROW_BLOCK)]
+    if len(blocks) < 2:
+        for start, stop in blocks:
+            reduce_block(start, stop)
+        return
+    with _reducers_lock:
+        if _reducers is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            workers = max(1, min(MAX_REDUCE_THREADS, cores))
+            _reducers = ThreadPoolExecutor(workers, thread_name_prefix="gpt2cli-scoring")
+    for future in [_reducers.submit(reduce_block, start, stop) for start, stop in blocks]:
+        future.result()
 
 
 @dataclass(frozen=True)
@@ -484,15 +511,18 @@ def kl_divergence_rows(
     kl = np.empty(n, dtype=np.float64)
     same_top = np.empty(n, dtype=bool)
     base_logprobs = np.empty(n, dtype=np.float64) if targets is not None else None
-    for start in range(0, n, ROW_BLOCK):
-        b = np.asarray(base[start : start + ROW_BLOCK], dtype=np.float32)
-        m = np.asarray(model[start : start + ROW_BLOCK], dtype=np.float32)
-        rows = slice(start, start + len(b))
+
+    def reduce_block(start: int, stop: int) -> None:
+        b = np.asarray(base[start:stop], dtype=np.float32)
+        m = np.asarray(model[start:stop], dtype=np.float32)
+        rows = slice(start, stop)
         same_top[rows] = b.argmax(axis=1) == m.argmax(axis=1)
         log_b, log_m = _log_softmax(b), _log_softmax(m)
         kl[rows] = np.einsum("ij,ij->i", np.exp(log_b), log_b - log_m, dtype=np.float64)
         if base_logprobs is not None and targets is not None:
-            base_logprobs[rows] = log_b[np.arange(len(b)), targets[rows]]
+            base_logprobs[rows] = log_b[np.arange(stop - start), targets[rows]]
+
+    _for_each_block(n, reduce_block)
     return kl, same_top, base_logprobs
 
 
@@ -518,25 +548,28 @@ def score_rows(
     ranks = np.empty(n, dtype=np.int64) if details else None
     entropies = np.empty(n, dtype=np.float64) if details else None
     is_argmax = np.empty(n, dtype=bool) if greedy else None
-    for start in range(0, n, ROW_BLOCK):
-        rows = np.array(logits[start : start + ROW_BLOCK], dtype=np.float32)  # a private copy
-        block_targets = targets[start : start + ROW_BLOCK]
-        picked = np.arange(len(rows))
+
+    def reduce_block(start: int, stop: int) -> None:
+        block = np.asarray(logits[start:stop], dtype=np.float32)
+        block_targets = targets[start:stop]
+        picked = np.arange(stop - start)
         if is_argmax is not None:
-            is_argmax[start : start + len(rows)] = rows.argmax(axis=1) == block_targets
-        rows -= rows.max(axis=1, keepdims=True)
+            is_argmax[start:stop] = block.argmax(axis=1) == block_targets
+        rows = block - block.max(axis=1, keepdims=True)  # a private array, changed in place
         true_logit = rows[picked, block_targets]
         if ranks is not None:
-            ranks[start : start + len(rows)] = (rows > true_logit[:, None]).sum(axis=1) + 1
+            ranks[start:stop] = (rows > true_logit[:, None]).sum(axis=1) + 1
         if entropies is not None:
             exp = np.exp(rows)
             total = exp.sum(axis=1, dtype=np.float64)
             weighted = np.einsum("ij,ij->i", exp, rows, dtype=np.float64)
-            entropies[start : start + len(rows)] = np.log(total) - weighted / total
+            entropies[start:stop] = np.log(total) - weighted / total
         else:
             np.exp(rows, out=rows)
             total = rows.sum(axis=1, dtype=np.float64)
-        logprobs[start : start + len(rows)] = true_logit.astype(np.float64) - np.log(total)
+        logprobs[start:stop] = true_logit.astype(np.float64) - np.log(total)
+
+    _for_each_block(n, reduce_block)
     return _RowScores(logprobs, ranks, entropies, is_argmax, **extra)
 
 
