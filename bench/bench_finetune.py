@@ -97,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", nargs="+", choices=["fp32", "bf16", "lora", "trainer"],
+                        help="cases to run (default: all)")  # fmt: skip
     parser.add_argument("--baseline", nargs=3, metavar=("MODEL", "DATA", "OUTDIR"),
                         help=argparse.SUPPRESS)
     args = parse_args(parser)
@@ -114,6 +116,9 @@ def main() -> None:
         "gpt2cli LoRA": ["finetune", "clm", "-m", model, *common, "--lora"],
         "run_clm-style Trainer": None,
     }
+    if args.only:
+        keys = dict(zip(["fp32", "bf16", "lora", "trainer"], cases, strict=True))
+        cases = {keys[key]: cases[keys[key]] for key in args.only}
     best: dict[str, dict] = {}
     names = list(cases)
     for round_number in range(args.rounds):
