@@ -478,7 +478,8 @@ class BigramBackend:
         self.tokenizer = BigramTokenizer()
         self.info = ModelInfo(".", "bigram", 64, 1024, 1, 1, 8, 63, 63, {})
         self.table = random_logits(64, seed=11, scale=2.0, vocab=64)
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int]] = []  # decode steps' input shapes
+        self.prefills: list[tuple[int, int]] = []  # prefills' (cache-less passes) input shapes
 
     def forward(self, input_ids, attention_mask, position_ids, cache=None, *, logits="last",
                 hidden_layer=None) -> ForwardResult:  # noqa: ANN001, ARG002
@@ -486,7 +487,7 @@ class BigramBackend:
         assert attention_mask.shape == (input_ids.shape[0], past + input_ids.shape[1])
         expected = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)[:, -input_ids.shape[1]:]
         np.testing.assert_array_equal(position_ids, expected)
-        self.calls.append(input_ids.shape)
+        (self.prefills if cache is None else self.calls).append(input_ids.shape)
         return ForwardResult(self.table[input_ids[:, -1]].copy(), None, past + input_ids.shape[1])
 
     def select_rows(self, cache, rows):  # noqa: ANN001, ANN201, ARG002
@@ -542,9 +543,10 @@ def test_greedy_loop_matches_a_hand_rolled_bigram_walk() -> None:
                 break
         assert seq.token_ids == walk
         assert seq.finish_reason == ("stop" if walk[-1] == 63 else "length")
-    # one prefill of all but the last prompt tokens, then one call per step over the rows
-    # still running (finished rows leave the batch)
-    assert backend.calls[0] == (5, 18)
+    # prefills of all but the last prompt tokens, in groups of similar length (prefixes of 18,
+    # 8, 4, 1 and 0 tokens: no two within PREFILL_PADDING of each other, and none for 0), then
+    # one call per step over the rows still running (finished rows leave the batch)
+    assert backend.prefills == [(1, 18), (1, 8), (1, 4), (1, 1)]
     running = [sum(len(s.token_ids) > step for s in seqs) for step in range(len(backend.calls))]
-    assert backend.calls[1:] == [(rows, 1) for rows in running[: len(backend.calls) - 1]]
-    assert len(backend.calls) - 1 == max(len(s.token_ids) for s in seqs)
+    assert backend.calls == [(rows, 1) for rows in running]
+    assert len(backend.calls) == max(len(s.token_ids) for s in seqs)
