@@ -19,15 +19,17 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpt2cli.backends.base import Backend, ModelInfo, position_ids_from_mask
 from gpt2cli.errors import InputError
 from gpt2cli.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 LN2 = math.log(2.0)
 DEFAULT_BATCH_SIZE = 8
@@ -57,6 +59,8 @@ def _for_each_block(n: int, reduce_block: Callable[[int, int], None]) -> None:
         return
     with _reducers_lock:
         if _reducers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
             workers = max(1, min(MAX_REDUCE_THREADS, cores))
             _reducers = ThreadPoolExecutor(workers, thread_name_prefix="gpt2cli-scoring")
