@@ -227,3 +227,29 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(
     assert expected.keys() == got.keys()
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_fused_gelu_is_gelu_new_in_one_kernel(tiny_model_dir: Path,
+                                              clm_dir: tuple[Path, dict]) -> None:
+    """The trainer's GELU swap changes neither the function (forward and gradients within
+    float32 rounding) nor the saved model's config."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from gpt2cli.training.trainer import fuse_gelu
+
+    ids = torch.tensor([[15496, 11, 314, 1101, 257, 3303, 2746, 11]])
+    results = []
+    for fused in (False, True):
+        model = GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
+        if fused:
+            assert fuse_gelu(model) == model.config.n_layer
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grad = model.transformer.h[0].mlp.c_fc.weight.grad
+        results.append((out.logits.detach(), grad.clone()))
+    (logits, grad), (fused_logits, fused_grad) = results
+    torch.testing.assert_close(fused_logits, logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_grad, grad, rtol=1e-4, atol=1e-6)
+    out, _ = clm_dir
+    assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu_new"

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 # `compute=ActorPoolStrategy(...)`), `read_binary_files(include_paths=...)`.
 RAY_RANGE = ((2, 40), (2, 61))
 RAY_REQUIREMENT = "ray[data]>=2.40,<2.61"
-ROWS_PER_CALL = 32  # rows handed to an actor at a time
+MIN_ROWS_PER_CALL = 32  # rows handed to an actor at a time: see rows_per_call
+CALLS_PER_WORKER = 4
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -86,14 +87,25 @@ def _init(settings: JobSettings) -> bool:
     return True
 
 
+def rows_per_call(rows: int, workers: int) -> int:
+    """Rows per actor call: about CALLS_PER_WORKER calls per replica, so the replicas share the
+    work evenly, but as many rows as the local engine hands the session at a time when there
+    are enough (embed and score batch rows of similar length from within a call)."""
+    from gpt2cli.batch.tasks import ROWS_PER_CALL
+
+    wanted = -(-rows // (CALLS_PER_WORKER * max(1, workers)))
+    return max(MIN_ROWS_PER_CALL, min(ROWS_PER_CALL, wanted))
+
+
 class _FileChunks:
     """A file's bytes in, its rows out as the local engine reads them (minus those done), in
-    chunks of ROWS_PER_CALL: one chunk is one actor call."""
+    chunks of `size` rows: one chunk is one actor call."""
 
     def __init__(self, formats: dict[str, str], offsets: dict[str, int], fields: Fields,
-                 task: str, done: frozenset[str]) -> None:  # fmt: skip
+                 task: str, done: frozenset[str], size: int) -> None:  # fmt: skip
         self.formats, self.offsets = formats, offsets
         self.fields, self.task, self.done = fields, task, done
+        self.size = size
 
     def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         from gpt2cli.batch.rows import file_rows
@@ -105,7 +117,7 @@ class _FileChunks:
                                 self.offsets[path]):  # fmt: skip
             if row is not None and row.id not in self.done:
                 chunk.append([row.id, row.number, row.text, row.params, row.error])
-                if len(chunk) == ROWS_PER_CALL:
+                if len(chunk) == self.size:
                     chunks.append({"rows": json.dumps(chunk)})
                     chunk = []
         if chunk:
@@ -164,12 +176,13 @@ def run(spec: TaskSpec, settings: JobSettings, formats: Sequence[str], done: set
         context.target_max_block_size = 1
         # Reading and parsing take no CPU reservation: the replicas may hold every CPU.
         files = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0)
+        workers = settings.ray
+        size = rows_per_call(start - len(done), workers.num_workers)
         chunks = files.flat_map(
             _FileChunks(dict(zip(paths, formats, strict=True)), offsets, settings.fields,
-                        spec.task, frozenset(done)),
+                        spec.task, frozenset(done), size),
             num_cpus=0,
         )
-        workers = settings.ray
         results = chunks.map_batches(
             _Runner,
             fn_constructor_kwargs={"spec": spec, "openai": openai},

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from gpt2cli.session import ModelOptions, Session
 
 TASKS = ("generate", "embed", "score")
-ROWS_PER_CALL = 64  # embed and score: rows handed to the session at a time
+# embed and score: rows handed to the session at a time, as many as the CLI's blocks, since
+# the session batches rows of similar length from what it is given (less padding).
+ROWS_PER_CALL = 1024
 Result = tuple["Row", dict[str, Any] | None]  # the row (error set on failure) and its fields
 
 
