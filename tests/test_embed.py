@@ -17,7 +17,7 @@ from gpt2cli.embedding import (
     pool,
 )
 from gpt2cli.errors import InputError
-from tests.clirun import assert_one_line_error, run_cli
+from tests.clirun import assert_one_line_error, run_in_process
 
 TEXTS = [
     "Hello, I'm a language model,",
@@ -161,7 +161,7 @@ def test_onnx_embed_agrees_with_torch(onnx_backend, torch_backend) -> None:  # n
 def test_cli_jsonl_in_input_order(tiny_model_dir, tmp_path, torch_backend) -> None:  # noqa: ANN001
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
-    result = run_cli("embed", "-m", str(tiny_model_dir), "-f", str(source), "--lines",
+    result = run_in_process("embed", "-m", str(tiny_model_dir), "-f", str(source), "--lines",
                      "--batch-size", "2")  # fmt: skip
     assert result.returncode == 0, result.err
     records = [json.loads(line) for line in result.out.splitlines()]
@@ -176,26 +176,26 @@ def test_cli_jsonl_in_input_order(tiny_model_dir, tmp_path, torch_backend) -> No
 def test_cli_npy_loads_and_refuses_to_overwrite(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
     target = tmp_path / "vectors.npy"
     args = ["embed", "-m", str(tiny_model_dir), "--format", "npy", "-o", str(target), *TEXTS]
-    assert run_cli(*args).returncode == 0
+    assert run_in_process(*args).returncode == 0
     array = np.load(target)
     assert array.shape == (3, 64) and array.dtype == np.float32
-    again = run_cli(*args, "--normalize")
+    again = run_in_process(*args, "--normalize")
     assert "already exists" in assert_one_line_error(again, 2)
     np.testing.assert_array_equal(np.load(target), array)  # untouched
-    assert run_cli(*args, "--normalize", "--force").returncode == 0
+    assert run_in_process(*args, "--normalize", "--force").returncode == 0
     np.testing.assert_allclose(np.linalg.norm(np.load(target), axis=1), 1.0, rtol=1e-5)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_cli_json_none_pooling_and_truncation(tiny_model_dir) -> None:  # noqa: ANN001
     long_text = "word" + " word" * 1099
-    refused = run_cli("embed", "-m", str(tiny_model_dir), "Fine.", long_text)
+    refused = run_in_process("embed", "-m", str(tiny_model_dir), "Fine.", long_text)
     assert "argument 2: 1100 tokens" in assert_one_line_error(refused, 2)
     assert "--truncate right" in refused.err
     assert refused.out == ""  # nothing written before the error
 
-    result = run_cli("embed", "-m", str(tiny_model_dir), "--format", "json", "--pooling", "none",
-                     "--truncate", "right", "Fine.", long_text)  # fmt: skip
+    result = run_in_process("embed", "-m", str(tiny_model_dir), "--format", "json", "--pooling",
+                            "none", "--truncate", "right", "Fine.", long_text)  # fmt: skip
     assert result.returncode == 0, result.err
     first, second = json.loads(result.out)
     assert first["truncated_tokens"] == 0 and second["truncated_tokens"] == 76
@@ -209,41 +209,44 @@ def test_cli_json_none_pooling_and_truncation(tiny_model_dir) -> None:  # noqa: 
 def test_cli_truncate_left_right_none(tiny_model_dir) -> None:  # noqa: ANN001
     long_text = "start" + " word" * 1100 + " end"
     args = ("embed", "-m", str(tiny_model_dir), "--pooling", "none", "--jsonl")
-    left = json.loads(run_cli(*args, "--truncate", "left", long_text).out)
-    right = json.loads(run_cli(*args, "--truncate", "RIGHT", long_text).out)
-    last = json.loads(run_cli(*args, " word" * 1023 + " end").out)
-    first = json.loads(run_cli(*args, "start" + " word" * 1023).out)
+    left = json.loads(run_in_process(*args, "--truncate", "left", long_text).out)
+    right = json.loads(run_in_process(*args, "--truncate", "RIGHT", long_text).out)
+    last = json.loads(run_in_process(*args, " word" * 1023 + " end").out)
+    first = json.loads(run_in_process(*args, "start" + " word" * 1023).out)
     assert left["token_count"] == right["token_count"] == 1024
     assert left["truncated_tokens"] == right["truncated_tokens"] == 1102 - 1024
     np.testing.assert_allclose(left["embedding"], last["embedding"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(right["embedding"], first["embedding"], rtol=1e-5, atol=1e-6)
-    none = run_cli(*args, "--truncate", "none", long_text)
+    none = run_in_process(*args, "--truncate", "none", long_text)
     assert "1102 tokens, more than the model's context" in assert_one_line_error(none, 2)
-    bad = run_cli(*args, "--truncate", long_text)  # the old plain flag: a value is needed now
+    bad = run_in_process(*args, "--truncate", long_text)  # the old plain flag: needs a value now
     assert "--truncate" in assert_one_line_error(bad, 2)
 
 
 def test_cli_formats_prompt_and_newline(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
     base = ("embed", "-m", str(tiny_model_dir))
-    jsonl = [json.loads(line) for line in run_cli(*base, "Hello", "-p", "world").out.splitlines()]
+    lines = run_in_process(*base, "Hello", "-p", "world").out.splitlines()
+    jsonl = [json.loads(line) for line in lines]
     assert [r["source"] for r in jsonl] == ["argument 1", "argument 2"]
-    assert run_cli(*base, "--jsonl", "Hello").out == run_cli(*base, "Hello").out  # the default
-    as_array = json.loads(run_cli(*base, "--json", "Hello").out)
-    assert as_array == json.loads(run_cli(*base, "--format", "json", "Hello").out)
+    default = run_in_process(*base, "Hello").out
+    assert run_in_process(*base, "--jsonl", "Hello").out == default
+    as_array = json.loads(run_in_process(*base, "--json", "Hello").out)
+    assert as_array == json.loads(run_in_process(*base, "--format", "json", "Hello").out)
     assert isinstance(as_array, list) and len(as_array) == 1
-    text = run_cli(*base, "--format", "text", "Hello", "world").out.splitlines()
+    text = run_in_process(*base, "--format", "text", "Hello", "world").out.splitlines()
     assert len(text) == 2
     np.testing.assert_allclose([float(v) for v in text[0].split()], jsonl[0]["embedding"],
                                rtol=1e-6)  # fmt: skip
-    per_token = run_cli(*base, "--format", "text", "--pooling", "none", "Hello world", "Hi")
+    per_token = run_in_process(*base, "--format", "text", "--pooling", "none", "Hello world", "Hi")
     assert [len(line.split()) for line in per_token.out.split("\n")] == [64, 64, 0, 64, 0, 0]
     # A piped text loses the line break echo adds, unless --keep-newline.
-    piped = json.loads(run_cli(*base, "-f", "-", input="Hello\n").out)
-    kept = json.loads(run_cli(*base, "--keep-newline", "-f", "-", input="Hello\n").out)
+    piped = json.loads(run_in_process(*base, "-f", "-", input="Hello\n").out)
+    kept = json.loads(run_in_process(*base, "--keep-newline", "-f", "-", input="Hello\n").out)
     np.testing.assert_allclose(piped["embedding"], jsonl[0]["embedding"], rtol=1e-5, atol=1e-6)
     assert piped["token_count"] == 1
     assert kept["token_count"] == 2
-    assert "json and jsonl" in assert_one_line_error(run_cli(*base, "--json", "--jsonl", "x"), 2)
+    both = run_in_process(*base, "--json", "--jsonl", "x")
+    assert "json and jsonl" in assert_one_line_error(both, 2)
 
 
 @pytest.mark.parametrize(
@@ -255,7 +258,8 @@ def test_cli_formats_prompt_and_newline(tiny_model_dir, tmp_path) -> None:  # no
     ],
 )
 def test_cli_usage_errors(tiny_model_dir, tmp_path, args, message) -> None:  # noqa: ANN001
-    result = run_cli("embed", "-m", str(tiny_model_dir), "-o", str(tmp_path / "x.npy"), *args, "a")
+    result = run_in_process("embed", "-m", str(tiny_model_dir), "-o", str(tmp_path / "x.npy"),
+                            *args, "a")
     assert message in assert_one_line_error(result, 2)
     assert not (tmp_path / "x.npy").exists()
 

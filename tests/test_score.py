@@ -27,7 +27,7 @@ from gpt2cli.scoring import (
     score_texts,
     window_plan,
 )
-from tests.clirun import assert_one_line_error, run_cli
+from tests.clirun import assert_one_line_error, run_in_process
 from tests.models import MEMORISED_PARAGRAPH
 
 WIKITEXT = (
@@ -393,7 +393,7 @@ def test_onnx_scores_agree_with_torch(onnx_backend, torch_backend) -> None:  # n
 
 
 def test_memorised_paragraph_on_onnx(memorised_onnx_dir) -> None:  # noqa: ANN001
-    result = run_cli("score", "-m", str(memorised_onnx_dir), "--no-prefix", "--jsonl",
+    result = run_in_process("score", "-m", str(memorised_onnx_dir), "--no-prefix", "--jsonl",
                      MEMORISED_PARAGRAPH, shuffled_paragraph())  # fmt: skip
     assert result.returncode == 0, result.err
     own, shuffled, _ = (json.loads(line) for line in result.out.splitlines())
@@ -408,7 +408,7 @@ def test_memorised_paragraph_on_onnx(memorised_onnx_dir) -> None:  # noqa: ANN00
 def test_cli_json_is_an_array_of_records_and_a_total(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
     texts = tmp_path / "texts.txt"
     texts.write_text("First line of text.\n\nSecond line, a bit longer.\n", encoding="utf-8")
-    result = run_cli("score", "-m", str(tiny_model_dir), "-f", str(texts), "--lines",
+    result = run_in_process("score", "-m", str(tiny_model_dir), "-f", str(texts), "--lines",
                      "--format", "json", "--ctx", "8", "--stride", "3")  # fmt: skip
     assert result.returncode == 0, result.err
     first, second, total = json.loads(result.out)
@@ -428,23 +428,24 @@ def test_cli_json_is_an_array_of_records_and_a_total(tiny_model_dir, tmp_path) -
     assert total["bits_per_byte"] == pytest.approx(total["nll"] / total["bytes"] / math.log(2))
 
     # One text: still an array, of one record and no total.
-    (only,) = json.loads(run_cli("score", "-m", str(tiny_model_dir), "--json", "One.").out)
+    (only,) = json.loads(run_in_process("score", "-m", str(tiny_model_dir), "--json", "One.").out)
     assert only["index"] == 0 and only["source"] == "argument 1"
-    jsonl = run_cli("score", "-m", str(tiny_model_dir), "--format", "jsonl", "One.", "Two.")
+    jsonl = run_in_process("score", "-m", str(tiny_model_dir), "--format", "jsonl", "One.", "Two.")
     assert [json.loads(line)["source"] for line in jsonl.out.splitlines()] == [
         "argument 1", "argument 2", "total"
     ]  # fmt: skip
 
 
 def test_cli_text_has_one_shape_for_one_text_and_many(tiny_model_dir) -> None:  # noqa: ANN001
-    one = run_cli("score", "-m", str(tiny_model_dir), "One text to score.")
+    one = run_in_process("score", "-m", str(tiny_model_dir), "One text to score.")
     assert one.returncode == 0 and one.err == "", one.err
     (line,) = one.out.splitlines()
     perplexity, stderr, count, bpb, source = line.split("\t")
     assert float(perplexity) > 1 and stderr.startswith("±") and float(stderr[1:]) > 0
     assert int(count) == len(load_tokenizer_ids("One text to score.")) and float(bpb) > 0
     assert source == "argument 1"
-    many = run_cli("score", "-m", str(tiny_model_dir), "-p", "One text to score.", "-p", "More")
+    many = run_in_process("score", "-m", str(tiny_model_dir), "-p", "One text to score.", "-p",
+                          "More")
     assert many.returncode == 0 and many.err == "", many.err
     rows = [row.split("\t") for row in many.out.splitlines()]
     assert [row[-1] for row in rows] == ["argument 1", "argument 2", "total"]
@@ -484,7 +485,7 @@ def test_limit_caps_the_tokens_scored(torch_backend, tiny_model_dir) -> None:  #
     scored = score_pairs(torch_backend, pairs, ScoreOptions(ctx=64, stride=64, limit=4))
     assert [len(r.ids) for r in scored] == [2]  # a pair is scored whole or not at all
 
-    result = run_cli("score", "-m", str(tiny_model_dir), "--limit", "10", *texts)
+    result = run_in_process("score", "-m", str(tiny_model_dir), "--limit", "10", *texts)
     assert result.returncode == 0, result.err
     rows = [row.split("\t") for row in result.out.splitlines()]
     assert [(row[2], row[-1]) for row in rows] == [
@@ -493,7 +494,7 @@ def test_limit_caps_the_tokens_scored(torch_backend, tiny_model_dir) -> None:  #
 
 
 def test_kl_of_a_model_against_itself_is_zero(tiny_model_dir) -> None:  # noqa: ANN001
-    result = run_cli("score", "-m", str(tiny_model_dir), "--kl-base", str(tiny_model_dir),
+    result = run_in_process("score", "-m", str(tiny_model_dir), "--kl-base", str(tiny_model_dir),
                      "--json", "A text to compare.", "And a second one.")  # fmt: skip
     assert result.returncode == 0, result.err
     *texts, total = json.loads(result.out)
@@ -503,14 +504,16 @@ def test_kl_of_a_model_against_itself_is_zero(tiny_model_dir) -> None:  # noqa: 
         assert record["top1_agreement"] == 1.0
         assert record["base_perplexity"] == pytest.approx(record["perplexity"], rel=1e-6)
     assert total["kl_base"] == str(tiny_model_dir)
-    text = run_cli("score", "-m", str(tiny_model_dir), "--kl-base", str(tiny_model_dir), "A b")
+    text = run_in_process("score", "-m", str(tiny_model_dir), "--kl-base", str(tiny_model_dir),
+                          "A b")
     perplexity, _, _, _, kl, kl_stderr, same_top, source = text.out.rstrip("\n").split("\t")
     assert float(kl) == 0 and same_top == "100.00%" and source == "argument 1"
 
 
 def test_kl_of_int8_against_fp32_is_small_and_positive(tiny_onnx_int8_dir, tiny_model_dir) -> None:  # noqa: ANN001
-    result = run_cli("score", "-m", str(tiny_onnx_int8_dir), "--kl-base", str(tiny_model_dir),
-                     "--ctx", "64", "--format", "jsonl", evaluation_text()[:1500])  # fmt: skip
+    result = run_in_process("score", "-m", str(tiny_onnx_int8_dir), "--kl-base",
+                            str(tiny_model_dir), "--ctx", "64", "--format", "jsonl",
+                            evaluation_text()[:1500])  # fmt: skip
     assert result.returncode == 0, result.err
     (record,) = (json.loads(line) for line in result.out.splitlines())
     assert (record["backend"], record["kl_base_backend"]) == ("onnx", "torch")
@@ -550,13 +553,13 @@ def test_kl_base_with_another_vocabulary_is_refused(tiny_model_dir, tmp_path) ->
     config = json.loads((other / "config.json").read_text())
     config["vocab_size"] = 50300
     (other / "config.json").write_text(json.dumps(config))
-    result = run_cli("score", "-m", str(tiny_model_dir), "--kl-base", str(other), "x")
+    result = run_in_process("score", "-m", str(tiny_model_dir), "--kl-base", str(other), "x")
     assert "--kl-base:" in assert_one_line_error(result, 2)
 
 
 def test_cli_per_token_tsv_and_jsonl(tiny_model_dir) -> None:  # noqa: ANN001
     text = "Tab\there, and a newline\nthere."
-    tsv = run_cli("score", "-m", str(tiny_model_dir), "--per-token", text)
+    tsv = run_in_process("score", "-m", str(tiny_model_dir), "--per-token", text)
     assert tsv.returncode == 0, tsv.err
     rows = [line.split("\t") for line in tsv.out.splitlines()]
     assert rows[0] == ["index", "position", "id", "piece", "logprob", "rank", "entropy"]
@@ -565,7 +568,8 @@ def test_cli_per_token_tsv_and_jsonl(tiny_model_dir) -> None:  # noqa: ANN001
     assert "ctx 1024, stride 512" in tsv.err  # the summary goes to stderr
 
     for fmt in ("jsonl", "json"):
-        out = run_cli("score", "-m", str(tiny_model_dir), "--per-token", "--format", fmt, text)
+        out = run_in_process("score", "-m", str(tiny_model_dir), "--per-token", "--format", fmt,
+                             text)
         assert out.returncode == 0, out.err
         (record,) = [json.loads(line) for line in out.out.splitlines()] if fmt == "jsonl" else (
             json.loads(out.out)
@@ -599,7 +603,7 @@ def test_cli_pairs_and_context(memorised_model_dir, tmp_path) -> None:  # noqa: 
         + "\n",
         encoding="utf-8",
     )
-    result = run_cli(
+    result = run_in_process(
         "score", "-m", str(memorised_model_dir), "--pairs", "-f", str(pairs), "--jsonl"
     )
     assert result.returncode == 0, result.err
@@ -614,13 +618,13 @@ def test_cli_pairs_and_context(memorised_model_dir, tmp_path) -> None:  # noqa: 
         math.exp(-(right["logprob"] + wrong["logprob"]) / 2)
     )
 
-    text = run_cli("score", "-m", str(memorised_model_dir), "--pairs", "-f", str(pairs))
+    text = run_in_process("score", "-m", str(memorised_model_dir), "--pairs", "-f", str(pairs))
     rows = [row.split("\t") for row in text.out.splitlines()]
     assert [row[5] for row in rows] == ["1", "0", "0.5000"]  # ACC
     assert float(rows[2][6]) == pytest.approx(total["pair_perplexity"], rel=1e-4)
     assert rows[2][-1] == "total" and all(len(row) == 8 for row in rows)
 
-    single = run_cli("score", "-m", str(memorised_model_dir), "--context",
+    single = run_in_process("score", "-m", str(memorised_model_dir), "--context",
                      MEMORISED_PARAGRAPH[:cut], MEMORISED_PARAGRAPH[cut:])  # fmt: skip
     assert single.returncode == 0, single.err
     (line,) = single.out.splitlines()
@@ -630,10 +634,10 @@ def test_cli_pairs_and_context(memorised_model_dir, tmp_path) -> None:  # noqa: 
 
 
 def test_cli_show_marks_rank_buckets_without_colour(memorised_model_dir) -> None:  # noqa: ANN001
-    result = run_cli("score", "-m", str(memorised_model_dir), "--no-prefix", "--show",
+    result = run_in_process("score", "-m", str(memorised_model_dir), "--no-prefix", "--show",
                      MEMORISED_PARAGRAPH)  # fmt: skip
     assert result.returncode == 0, result.err
-    assert "\x1b[" not in result.out  # NO_COLOR is set by run_cli
+    assert "\x1b[" not in result.out  # not a terminal: no colour
     text, _, legend = result.out.partition("\n\n")
     assert text.startswith("The lighthouse{") or text.startswith("The lighthouse")
     assert text.replace("{1}", "").replace("{2}", "").replace("{3}", "").replace("{4}", "") == (
@@ -674,14 +678,14 @@ def test_show_colours_by_bucket(torch_backend) -> None:  # noqa: ANN001
     ],
 )
 def test_cli_usage_errors(tiny_model_dir, args, message) -> None:  # noqa: ANN001
-    result = run_cli("score", "-m", str(tiny_model_dir), *args, "some text")
+    result = run_in_process("score", "-m", str(tiny_model_dir), *args, "some text")
     assert message in assert_one_line_error(result, 2)
 
 
 def test_cli_bad_pairs_line(tiny_model_dir, tmp_path) -> None:  # noqa: ANN001
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"context": "a", "continuation": "b"}\nnot json\n', encoding="utf-8")
-    result = run_cli("score", "-m", str(tiny_model_dir), "--pairs", "-f", str(pairs))
+    result = run_in_process("score", "-m", str(tiny_model_dir), "--pairs", "-f", str(pairs))
     assert f"{pairs}:2: not JSON" in assert_one_line_error(result, 2)
 
 
