@@ -12,19 +12,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
-from collections.abc import Callable
 
-from common import WIKITEXT, ensure_models, log, machine
-
-
-def best(run: Callable[[], object], rounds: int = 2) -> float:
-    fastest = math.inf
-    for _ in range(rounds):
-        started = time.perf_counter()
-        run()
-        fastest = min(fastest, time.perf_counter() - started)
-    return fastest
+from common import WIKITEXT, best_of, ensure_models, log, machine
 
 
 def main() -> int:
@@ -52,13 +41,13 @@ def main() -> int:
     model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     ids = torch.randint(0, model.config.vocab_size, (8, 1024))
     with torch.inference_mode():
-        whole = best(lambda: model(ids)) / 8
-        body = best(lambda: model.transformer(ids)) / 8
+        whole = best_of(2, lambda: model(ids))[0] / 8
+        body = best_of(2, lambda: model.transformer(ids))[0] / 8
         for block in model.transformer.h:
             block.mlp.act = ACT2FN["gelu_pytorch_tanh"]
-        fused = best(lambda: model(ids)) / 8
+        fused = best_of(2, lambda: model(ids))[0] / 8
         x, w = torch.randn(8192, 768), torch.randn(3072, 768)
-        gemm = best(lambda: torch.nn.functional.linear(x, w), 5)
+        gemm = best_of(5, lambda: torch.nn.functional.linear(x, w))[0]
     print(f"# {machine()}; {len(pages)} articles, {sum(counts)} tokens, {windows} windows")
     print(f"forward per 1,024-token window (batch 8): {whole:.3f} s; without the vocabulary "
           f"projection {body:.3f} s; with one-kernel GELU {fused:.3f} s")  # fmt: skip

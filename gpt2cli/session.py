@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from gpt2cli.scoring import Scored, ScoreOptions
 
 DEFAULT_MODEL = "gpt2"
+# Texts a front end hands the session at a time (embed, score, classify, batch): enough that
+# texts of similar length batch together (little padding), few enough that output streams and
+# memory stays bounded.
+BLOCK_TEXTS = 1024
 
 
 @dataclass(frozen=True)

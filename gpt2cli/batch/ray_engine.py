@@ -91,10 +91,10 @@ def rows_per_call(rows: int, workers: int) -> int:
     """Rows per actor call: about CALLS_PER_WORKER calls per replica, so the replicas share the
     work evenly, but as many rows as the local engine hands the session at a time when there
     are enough (embed and score batch rows of similar length from within a call)."""
-    from gpt2cli.batch.tasks import ROWS_PER_CALL
+    from gpt2cli.session import BLOCK_TEXTS
 
     wanted = -(-rows // (CALLS_PER_WORKER * max(1, workers)))
-    return max(MIN_ROWS_PER_CALL, min(ROWS_PER_CALL, wanted))
+    return max(MIN_ROWS_PER_CALL, min(BLOCK_TEXTS, wanted))
 
 
 class _FileChunks:

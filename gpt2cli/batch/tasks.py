@@ -16,6 +16,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from gpt2cli.errors import InputError
+from gpt2cli.session import BLOCK_TEXTS
 
 if TYPE_CHECKING:
     from gpt2cli.batch.rows import Row
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
     from gpt2cli.session import ModelOptions, Session
 
 TASKS = ("generate", "embed", "score")
-# embed and score: rows handed to the session at a time, as many as the CLI's blocks, since
-# the session batches rows of similar length from what it is given (less padding).
-ROWS_PER_CALL = 1024
 Result = tuple["Row", dict[str, Any] | None]  # the row (error set on failure) and its fields
 
 
@@ -190,7 +188,7 @@ class EmbedTask(Task):
             session.info.hidden_state_index(self.settings.layer)
 
     def run(self, rows: Iterable[Row]) -> Iterator[Result]:
-        for chunk in _chunks(rows, ROWS_PER_CALL):
+        for chunk in _chunks(rows, BLOCK_TEXTS):
             encoded = []
             for row in chunk:
                 if row.error is not None:
@@ -261,7 +259,7 @@ class ScoreTask(Task):
         return out
 
     def run(self, rows: Iterable[Row]) -> Iterator[Result]:
-        for chunk in _chunks(rows, ROWS_PER_CALL):
+        for chunk in _chunks(rows, BLOCK_TEXTS):
             good = [row for row in chunk if row.error is None]
             fields = dict(zip(map(id, good), self._score(good), strict=True)) if good else {}
             for row in chunk:

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.outputs import Progress, RecordWriter, output_stream
+from gpt2cli.session import BLOCK_TEXTS
 
 DEFAULT_BATCH_SIZE = 16
-BLOCK_TEXTS = 1024  # texts classified (and written) at a time
 
 
 def classify(

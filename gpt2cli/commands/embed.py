@@ -11,13 +11,13 @@ from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.outputs import RecordWriter, output_stream, warn
 from gpt2cli.records import embed_record
+from gpt2cli.session import BLOCK_TEXTS
 
 if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_MODEL = "gpt2"
 DEFAULT_BATCH_SIZE = 16
-BLOCK_TEXTS = 1024  # texts embedded (and written) at a time, so output streams
 FEATURES = "Features"
 OUTPUT = "Output"
 

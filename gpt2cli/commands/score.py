@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 from gpt2cli import options
 from gpt2cli.errors import InputError
 from gpt2cli.outputs import escape_piece, log, output_stream, use_color
+from gpt2cli.session import BLOCK_TEXTS
 
 if TYPE_CHECKING:
     from gpt2cli.inputs import Text
@@ -257,8 +258,7 @@ class _Ticker:
         self.done = 0
 
 
-# Texts scored, then written, at a time (fewer when long): memory stays bounded for any input.
-BLOCK_TEXTS = 1024
+# At most this many characters scored, then written, at a time: memory stays bounded.
 BLOCK_CHARS = 1 << 20
 
 
