@@ -480,7 +480,7 @@ def forward_tail_logits(
     vocabulary, the step that costs a third of a GPT-2 small forward pass. Rows may be
     left-padded (mask 0)."""
     positions = position_ids_from_mask(mask, input_ids.shape[1])
-    logits = backend.forward(input_ids, mask, positions, logits=keep).logits
+    logits = backend.forward(input_ids, mask, positions, logits=keep, use_cache=False).logits
     assert logits is not None and logits.shape[1] == keep
     return logits
 

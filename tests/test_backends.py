@@ -50,6 +50,43 @@ def test_torch_logits_equal_transformers_exactly(torch_backend, hf_model) -> Non
     assert np.array_equal(result.logits, expected)
 
 
+def test_torch_scoring_pass_is_transformers_within_rounding(torch_backend, hf_model) -> None:  # noqa: ANN001
+    """use_cache=False takes backends.torch.plain_forward (one-kernel GELU, no cache):
+    transformers' logits within float32 rounding, left-padded rows included, and no cache."""
+    texts = [*PROMPTS, "A"]  # the last row is mostly padding
+    ids, mask = padded_batch(torch_backend.tokenizer, texts)
+    positions = position_ids_from_mask(mask, ids.shape[1])
+    result = torch_backend.forward(ids, mask, positions, logits=5, use_cache=False)
+    expected = hf_forward(hf_model, ids, mask).logits.numpy()[:, -5:]
+    assert result.cache is None
+    assert result.logits.shape == (3, 5, 50257)
+    real = mask[:, -5:].astype(bool)
+    np.testing.assert_allclose(result.logits[real], expected[real], rtol=0, atol=2e-5)
+    assert np.isfinite(result.logits).all()  # padded positions too
+    longest = slice(1, 2)  # no padding: causal attention without a mask tensor
+    assert mask[longest].all()
+    unpadded = torch_backend.forward(ids[longest], mask[longest], positions[longest],
+                                     logits=ids.shape[1], use_cache=False)  # fmt: skip
+    whole = hf_forward(hf_model, ids[longest], mask[longest]).logits.numpy()
+    np.testing.assert_allclose(unpadded.logits, whole, rtol=0, atol=2e-5)
+
+
+def test_torch_scoring_pass_keeps_transformers_for_other_activations(tmp_path) -> None:  # noqa: ANN001
+    """A checkpoint whose config names another activation is not what plain_forward computes:
+    its scoring passes stay on transformers' forward, exactly."""
+    from gpt2cli.backends.torch import is_plain_gpt2
+    from tests.models import build_random_model
+
+    model_dir = build_random_model(tmp_path / "relu", activation_function="relu")
+    backend = load_backend(str(model_dir), "torch")
+    assert not is_plain_gpt2(backend.model.config)
+    ids, mask = padded_batch(backend.tokenizer, PROMPTS)
+    positions = position_ids_from_mask(mask, ids.shape[1])
+    scored = backend.forward(ids, mask, positions, logits=3, use_cache=False)
+    full = backend.forward(ids, mask, positions, logits="all")
+    assert np.array_equal(scored.logits, full.logits[:, -3:])
+
+
 def test_torch_last_logits_are_the_final_position(torch_backend) -> None:  # noqa: ANN001
     ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
     positions = position_ids_from_mask(mask, ids.shape[1])

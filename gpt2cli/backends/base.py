@@ -39,6 +39,7 @@ class Backend(Protocol):
         *,
         logits: LogitsWanted = "last",
         hidden_layer: int | None = None,
+        use_cache: bool = True,
     ) -> ForwardResult:
         """Run the model on new tokens.
 
@@ -51,6 +52,8 @@ class Backend(Protocol):
             positions' logits, (B, n, V), projecting only those (scoring); "none" skips it.
         hidden_layer: index into transformers' hidden_states tuple (0 = embeddings,
             n_layer or -1 = last_hidden_state after ln_f); None for no hidden states.
+        use_cache: False when no later call extends this pass (scoring): the result's cache
+            may be None, and the backend may take a faster path that keeps none.
         """
         ...
 

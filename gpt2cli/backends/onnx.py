@@ -181,6 +181,7 @@ class OnnxBackend:
         *,
         logits: LogitsWanted = "last",
         hidden_layer: int | None = None,
+        use_cache: bool = True,  # the graph returns its cache either way
     ) -> ForwardResult:
         """One forward pass; see base.Backend.forward."""
         layer = self.info.hidden_state_index(hidden_layer)

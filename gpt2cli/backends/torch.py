@@ -70,6 +70,7 @@ class TorchBackend:
                 hint="use {dtype} float16",
             )
         self.model = load_model(info, self.dtype, self.device)
+        self._plain_gpt2 = is_plain_gpt2(self.model.config)
 
     def forward(
         self,
@@ -80,6 +81,7 @@ class TorchBackend:
         *,
         logits: LogitsWanted = "last",
         hidden_layer: int | None = None,
+        use_cache: bool = True,
     ) -> ForwardResult:
         """One forward pass; see base.Backend.forward. The cache (a DynamicCache) is updated
         in place, so a cache must not be reused after being passed in."""
@@ -89,12 +91,17 @@ class TorchBackend:
             ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)).to(self.device)
             mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
             pos = torch.from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64))
+            scoring = not use_cache and cache is None and layer is None
+            if scoring and isinstance(logits, int) and self._plain_gpt2:
+                hidden_states = plain_forward(self.model, ids, mask, pos.to(self.device))
+                scores = self.model.lm_head(hidden_states[:, -logits:, :])
+                return ForwardResult(logits=_to_numpy(scores), hidden=None, cache=None)
             out = self.model.transformer(
                 input_ids=ids,
                 attention_mask=mask.to(self.device),
                 position_ids=pos.to(self.device),
                 past_key_values=cache,
-                use_cache=True,
+                use_cache=use_cache,
                 output_hidden_states=layer is not None,
                 return_dict=True,
             )
@@ -170,6 +177,62 @@ class TorchBackend:
                         if stored is not None:
                             tensor[slot, :, length - size :] = getattr(stored, kind)[row, :, -size:]
         return cache
+
+
+def is_plain_gpt2(config: Any) -> bool:
+    """Whether plain_forward computes this config's model: GPT-2's own attention scaling and
+    its tanh GELU (checkpoints may name other activations or scalings)."""
+    return (
+        config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        and config.scale_attn_weights
+        and not config.scale_attn_by_inverse_layer_idx
+        and not config.reorder_and_upcast_attn
+        and not getattr(config, "add_cross_attention", False)
+    )
+
+
+def plain_forward(model: Any, ids: Any, mask: Any, positions: Any) -> Any:
+    """GPT2LMHeadModel's hidden states after ln_f for a pass without a KV cache (scoring),
+    as nanoGPT's model.py writes the forward: the same weights and operations, with the tanh
+    GELU in torch's one kernel (transformers' gelu_new is five elementwise passes over the
+    largest activations) and causal attention without a mask tensor when no row is padded;
+    a third less time than transformers' forward on 1,024-token windows, within float32
+    rounding of it. Rows may be left-padded (mask 0): padded positions attend to themselves
+    only, so they stay finite, and no real position attends to them."""
+    import torch
+    import torch.nn.functional as F
+
+    transformer = model.transformer
+    config = model.config
+    batch, length = ids.shape
+    width, heads = config.n_embd, config.n_head
+    eps = config.layer_norm_epsilon
+    attn_mask = None
+    if not bool(mask.all()):
+        real = mask.to(ids.device, torch.bool)[:, -length:]
+        causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        diagonal = torch.eye(length, dtype=torch.bool, device=ids.device)
+        attn_mask = (causal & real[:, None, :]) | diagonal
+        attn_mask = attn_mask[:, None]  # one mask for every head
+
+    def linear(x: Any, conv: Any) -> Any:  # transformers' Conv1D: x @ weight + bias
+        flat = torch.addmm(conv.bias, x.reshape(-1, x.shape[-1]), conv.weight)
+        return flat.view(batch, length, -1)
+
+    x = transformer.wte(ids) + transformer.wpe(positions)
+    for block in transformer.h:
+        h = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, eps)
+        q, k, v = (
+            part.view(batch, length, heads, -1).transpose(1, 2)
+            for part in linear(h, block.attn.c_attn).split(width, dim=2)
+        )
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None
+        )
+        x = x + linear(attended.transpose(1, 2).reshape(batch, length, width), block.attn.c_proj)
+        h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, eps)
+        x = x + linear(F.gelu(linear(h, block.mlp.c_fc), approximate="tanh"), block.mlp.c_proj)
+    return F.layer_norm(x, (width,), transformer.ln_f.weight, transformer.ln_f.bias, eps)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray | None:
