@@ -2,6 +2,7 @@
 lm-evaluation-harness's `hf` model on the same data, model and machine, in one run.
 
 Run:  .venv/bin/python bench/bench_eval.py [--lambada-docs 500] [--wikitext-docs N] [--rounds 1]
+        [--only CASE ...] [--tasks lambada_openai wikitext2]
       .venv/bin/python bench/bench_eval.py --smoke
 
 Data. wikitext2: the shared WikiText-2 raw test file (../shared/data/wikitext-2-raw-test.txt),
@@ -55,6 +56,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "onnx-int8": ("gpt2cli eval --backend onnx, int8", "onnx-int8", "onnx"),
 }
 BASELINE = "lm-eval-hf"
+TASK_NAMES = ["lambada_openai", "wikitext2"]
 
 
 def lambada_shaped(articles: list[str], count: int) -> list[str]:
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--wikitext-docs", type=int, help="the first N articles (all 62)")
     parser.add_argument("--rounds", type=int, default=1, help="turns per case (best is kept)")
     parser.add_argument("--only", nargs="+", choices=list(CASES), help="cases to run")
+    parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=TASK_NAMES,
+                        help="tasks to run")  # fmt: skip
     args = parse_args(parser)
     if not WIKITEXT.is_file():
         sys.exit(f"{WIKITEXT} is missing: this benchmark needs the shared WikiText-2 file")
@@ -158,11 +162,13 @@ def main() -> None:
     for name in names:
         _, variant, backend = CASES[name]
         cases[name] = lm_eval_case(variant) if backend == "hf" else gpt2cli_case(variant, backend)
+    tasks = [(task, docs) for task, docs in (("lambada_openai", passages), ("wikitext2", pages))
+             if task in args.tasks]  # fmt: skip
     for name in names:  # warm-up: first calls allocate and load kernels
-        for task, docs in (("lambada_openai", passages), ("wikitext2", pages)):
+        for task, docs in tasks:
             cases[name][task](docs[:1])
     rows = []
-    for task, docs in (("lambada_openai", passages), ("wikitext2", pages)):
+    for task, docs in tasks:
         fns = {name: (lambda run=cases[name][task], docs=docs: run(docs)) for name in names}
         times, results = interleaved(args.rounds, fns)
         base_time, base = times[BASELINE], results[BASELINE]

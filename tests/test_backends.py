@@ -71,6 +71,33 @@ def test_torch_scoring_pass_is_transformers_within_rounding(torch_backend, hf_mo
     np.testing.assert_allclose(unpadded.logits, whole, rtol=0, atol=2e-5)
 
 
+def test_torch_scoring_logits_are_per_thread_scratch(torch_backend) -> None:  # noqa: ANN001
+    """Scoring passes reuse one logits array per thread (base.Backend.forward's contract):
+    the next pass on a thread overwrites it, while passes on other threads never touch it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids, mask = padded_batch(torch_backend.tokenizer, PROMPTS)
+    positions = position_ids_from_mask(mask, ids.shape[1])
+
+    def score(row: int) -> np.ndarray:
+        one = slice(row, row + 1)
+        first = torch_backend.forward(ids[one], mask[one], positions[one], logits=4,
+                                      use_cache=False)  # fmt: skip
+        kept = first.logits.copy()
+        for _ in range(3):
+            assert np.array_equal(first.logits, kept)  # another thread's pass left it alone
+            again = torch_backend.forward(ids[one], mask[one], positions[one], logits=4,
+                                          use_cache=False)  # fmt: skip
+            assert np.shares_memory(again.logits, first.logits)  # the thread's scratch
+        return kept
+
+    alone = [score(0), score(1)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(score, [0, 1]))
+    for expected, got in zip(alone, together, strict=True):
+        assert np.array_equal(expected, got)
+
+
 def test_torch_scoring_pass_keeps_transformers_for_other_activations(tmp_path) -> None:  # noqa: ANN001
     """A checkpoint whose config names another activation is not what plain_forward computes:
     its scoring passes stay on transformers' forward, exactly."""

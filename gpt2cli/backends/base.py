@@ -53,7 +53,8 @@ class Backend(Protocol):
         hidden_layer: index into transformers' hidden_states tuple (0 = embeddings,
             n_layer or -1 = last_hidden_state after ln_f); None for no hidden states.
         use_cache: False when no later call extends this pass (scoring): the result's cache
-            may be None, and the backend may take a faster path that keeps none.
+            may be None, the backend may take a faster path that keeps none, and the logits
+            array may be scratch that the same thread's next such call overwrites.
         """
         ...
 
