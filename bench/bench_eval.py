@@ -2,7 +2,7 @@
 lm-evaluation-harness's `hf` model on the same data, model and machine, in one run.
 
 Run:  .venv/bin/python bench/bench_eval.py [--lambada-docs 500] [--wikitext-docs N] [--rounds 1]
-        [--only CASE ...] [--tasks lambada_openai wikitext2]
+        [--only CASE ...] [--tasks lambada_openai wikitext2] [--slices N]
       .venv/bin/python bench/bench_eval.py --smoke
 
 Data. wikitext2: the shared WikiText-2 raw test file (../shared/data/wikitext-2-raw-test.txt),
@@ -13,7 +13,8 @@ benchmark builds a LAMBADA-shaped set from the same file: 500 passages, each the
 last word given the rest, exactly as on LAMBADA. The timings hold; the figures are not LAMBADA's.
 
 Model: the gpt2 124M shape with random weights and its exports (bench/common.py). Cases, all in
-this process, taking turns task by task (common.interleaved), so machine load falls on each:
+this process, taking turns task by task (common.interleaved), or with `--slices N` over N
+slices of wikitext2's articles (`sliced`), so machine load falls on each:
 lm-eval's HFLM (transformers fp32, batch size 8: its loglikelihood and loglikelihood_rolling
 with the requests its lambada_openai and wikitext tasks make), gpt2cli eval's engine on torch
 fp32, onnx fp32 and onnx int8 (batch size 8). Reported: wall seconds per task, throughput
@@ -43,6 +44,7 @@ from common import (
     model_dir,
     parse_args,
     smoke,
+    timed,
 )
 
 BATCH = 8
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(CASES), help="cases to run")
     parser.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=TASK_NAMES,
                         help="tasks to run")  # fmt: skip
+    parser.add_argument("--slices", type=int, default=1,
+                        help="wikitext2: cases take turns over N slices of articles")  # fmt: skip
     args = parse_args(parser)
     if not WIKITEXT.is_file():
         sys.exit(f"{WIKITEXT} is missing: this benchmark needs the shared WikiText-2 file")
@@ -169,8 +173,11 @@ def main() -> None:
             cases[name][task](docs[:1])
     rows = []
     for task, docs in tasks:
-        fns = {name: (lambda run=cases[name][task], docs=docs: run(docs)) for name in names}
-        times, results = interleaved(args.rounds, fns)
+        if task == "wikitext2" and args.slices > 1:
+            times, results = sliced(args.slices, {name: cases[name][task] for name in names}, docs)
+        else:
+            fns = {name: (lambda run=cases[name][task], docs=docs: run(docs)) for name in names}
+            times, results = interleaved(args.rounds, fns)
         base_time, base = times[BASELINE], results[BASELINE]
         for name in names:
             changes = {metric: _change(value, base[metric])
@@ -183,6 +190,33 @@ def main() -> None:
         json.dumps({"machine": machine(), "rows": rows}, indent=2)
     )
     report(rows)
+
+
+def sliced(
+    count: int, runs: dict[str, Any], pages: list[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """wikitext2 with the cases taking turns slice by slice (the first case rotating), so that
+    a slow spell of a noisy machine falls on every case alike: each case's seconds summed over
+    the slices, and its metrics over the whole set, recombined from the slices' word
+    perplexities with lm-eval's word and byte counts."""
+    size = math.ceil(len(pages) / count)
+    slices = [pages[start : start + size] for start in range(0, len(pages), size)]
+    names = list(runs)
+    seconds = dict.fromkeys(names, 0.0)
+    nll = dict.fromkeys(names, 0.0)
+    for number, part in enumerate(slices):
+        words = sum(len(re.split(r"\s+", page)) for page in part)
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            took, metrics = timed(lambda run=runs[name], part=part: run(part))
+            seconds[name] += took
+            nll[name] += math.log(metrics["word_perplexity"]) * words
+    words = sum(len(re.split(r"\s+", page)) for page in pages)
+    n_bytes = sum(len(page.encode("utf-8")) for page in pages)
+    results = {name: {"word_perplexity": math.exp(total / words),
+                      "byte_perplexity": math.exp(total / n_bytes),
+                      "bits_per_byte": total / n_bytes / math.log(2)}
+               for name, total in nll.items()}  # fmt: skip
+    return seconds, results
 
 
 def _change(value: float, base: float) -> float:
