@@ -2,9 +2,10 @@
 
 Rows (one output sequence each) join the running batch between steps and leave it when they
 end (end-of-sequence, length, stop string, cancellation), so a finished row's slot is refilled
-at once. A joining row's prompt is prefilled, all but its last token, and its cache written into
-an ended row's slot in place, right-aligned (left padding) to the batch's cache length; the last
-prompt token then goes through the next step with the other rows' latest tokens. The whole
+at once. A joining row's prompt is prefilled, its first token chosen from that pass's logits
+(so it is out before the next step), and its cache written into an ended row's slot in place,
+right-aligned (left padding) to the batch's cache length; that token then goes through the next
+step with the other rows' latest tokens. The whole
 cache is rebuilt (every row copied, right-aligned to the longest) only when the batch grows,
 when half of it has ended with nothing waiting, when a prompt is longer than the cache, or when
 the padding is worth trimming. Each row's position ids count its real tokens only and the
@@ -50,7 +51,10 @@ FINISH_CANCELLED = "cancelled"
 FINISH_ERROR = "error"
 DEFAULT_MAX_ROWS = 8
 COMPACT_AT = 1.5  # cache length / longest row's tokens above which the cache is rebuilt
-PREFILL_PADDING = 1.25  # most positions / real tokens in one prefill forward of joining rows
+# Joining rows are prefilled together when at most this many tokens shorter than the group's
+# longest: a padded position costs as much as a real one, and a forward's fixed cost (reading
+# the weights, launching every kernel) is worth about this many positions of GPT-2 on a CPU.
+PREFILL_SLACK = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class _Row:
         "handle", "sequence", "params", "processors", "rng", "stops", "eos", "next_token",
         "reserved",
     )
+    next_token: int  # the last token chosen (set by the prefill that admits the row)
 
     def __init__(self, handle: Handle) -> None:
         request = handle.request
@@ -192,7 +197,6 @@ class _Row:
         )
         self.stops = tuple(s.encode("utf-8") for s in params.stop)
         self.eos = frozenset(params.eos_token_ids)
-        self.next_token = seq.prompt_ids[-1]
         self.reserved = len(seq.prompt_ids) + seq.budget
 
 
@@ -204,10 +208,19 @@ class _Row:
 class Scheduler:
     """Continuous batching on `backend`: at most `max_rows` rows decode together, holding at
     most `max_tokens` prompt plus new tokens between them (each row counted at its prompt
-    length plus its budget from the time it joins; a row over it alone still runs, alone)."""
+    length plus its budget from the time it joins; a row over it alone still runs, alone).
+
+    `on_events`, when set, is called on the owning thread whenever rows have new step events
+    in the middle of a step (after each prefill group: the joining rows' first tokens), so a
+    front end can pass them on before the step ends."""
 
     def __init__(
-        self, backend: Backend, *, max_rows: int = DEFAULT_MAX_ROWS, max_tokens: int | None = None
+        self,
+        backend: Backend,
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_tokens: int | None = None,
+        on_events: Callable[[], None] | None = None,
     ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
@@ -224,6 +237,7 @@ class Scheduler:
         self._reserved = 0
         self._token_bytes: dict[int, bytes] = {}
         self.steps = 0
+        self.on_events = on_events
 
     # -- any thread ---------------------------------------------------------------------------
 
@@ -317,37 +331,31 @@ class Scheduler:
         return new
 
     def _prefill(self, new: list[_Row]) -> tuple[list[tuple[Any, np.ndarray]], np.ndarray]:
-        """The caches of the joining rows' prompts but their last tokens, as join_rows parts
-        (each a right-aligned cache, None when its prompts are one token, and its rows) that
-        hold the rows in order, and those prefixes' lengths. Rows are prefilled in groups of
-        similar length (`new` comes longest first), since a left-padded position costs as much
-        as a real one."""
-        prefixes = [row.sequence.prompt_ids[:-1] for row in new]
-        lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
+        """Prefill the joining rows' prompts and choose each row's first token from the pass's
+        logits. The caches come back as join_rows parts (each a right-aligned cache and its
+        rows) that hold the rows in order, with the prompts' lengths. Rows are prefilled in
+        groups of similar length (`new` comes longest first), since a left-padded position
+        costs as much as a real one."""
+        prompts = [row.sequence.prompt_ids for row in new]
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         parts: list[tuple[Any, np.ndarray]] = []
         start = 0
         while start < len(new):
-            width, end, tokens = int(lengths[start]), start + 1, int(lengths[start])
-            while end < len(new) and (end - start + 1) * width <= PREFILL_PADDING * (
-                tokens + int(lengths[end])
-            ):
-                tokens += int(lengths[end])
+            width, end = int(lengths[start]), start + 1
+            while end < len(new) and width - int(lengths[end]) <= PREFILL_SLACK:
                 end += 1
-            group = np.arange(end - start, dtype=np.int64)
-            if not width:
-                parts.append((None, group))
-            else:
-                ids = np.zeros((end - start, width), dtype=np.int64)
-                mask = np.zeros((end - start, width), dtype=np.int64)
-                for i in range(start, end):
-                    prefix = prefixes[i]
-                    ids[i - start, :] = new[i].params.pad_token_id
-                    if prefix:
-                        ids[i - start, width - len(prefix) :] = prefix
-                        mask[i - start, width - len(prefix) :] = 1
-                positions = position_ids_from_mask(mask, width)
-                result = self.backend.forward(ids, mask, positions, None, logits="none")
-                parts.append((result.cache, group))
+            ids = np.zeros((end - start, width), dtype=np.int64)
+            mask = np.zeros((end - start, width), dtype=np.int64)
+            for i in range(start, end):
+                ids[i - start, :] = new[i].params.pad_token_id
+                ids[i - start, width - len(prompts[i]) :] = prompts[i]
+                mask[i - start, width - len(prompts[i]) :] = 1
+            positions = position_ids_from_mask(mask, width)
+            result = self.backend.forward(ids, mask, positions, None, logits="last")
+            parts.append((result.cache, np.arange(end - start, dtype=np.int64)))
+            self._choose(new[start:end], result.logits)
+            if self.on_events is not None:
+                self.on_events()
             start = end
         return parts, lengths
 
@@ -363,11 +371,11 @@ class Scheduler:
         working = live + refilled
         if not working or len(idle) >= len(working):
             return False
-        prefixes = [len(row.sequence.prompt_ids) - 1 for row in new]
-        if new and max(prefixes) > self._length:
+        prompts = [len(row.sequence.prompt_ids) for row in new]
+        if new and max(prompts) > self._length:
             return False
         lengths = self._lengths.copy()
-        lengths[refilled] = prefixes
+        lengths[refilled] = prompts
         # Positions left of every row's tokens are masked padding that each step still reads
         # and copies: past this share of the cache, one rebuild to the longest row pays off.
         if self._length > COMPACT_AT * int(lengths[working].max()):
@@ -379,27 +387,36 @@ class Scheduler:
                 self._cache = self.backend.write_rows(self._cache, slots[: len(rows)], cache, rows)
                 slots = slots[len(rows) :]
             for slot, row in zip(refilled, new, strict=True):
-                self._rows[slot] = row
+                self._rows[slot] = row  # one that ended at its first token idles like the others
         self._lengths = lengths
         self._idle = frozenset(idle)
         return True
 
     def _rebuild(self, keep: list[int], new: list[_Row]) -> None:
         """The batch of rows `keep` (indices into the current batch) then `new` (prefilled
-        here), the cache right-aligned to the longest row."""
+        here, less those that ended at their first token), the cache right-aligned to the
+        longest row."""
         parts: list[tuple[Any, np.ndarray]] = []
         lengths = [self._lengths[keep]]
         if keep:
             parts.append((self._cache, np.asarray(keep, dtype=np.int64)))
         if new:
-            prefilled, prefix_lengths = self._prefill(new)
-            if not keep and len(prefilled) == 1:  # the prefill's cache is the batch's: no copy
+            prefilled, prompt_lengths = self._prefill(new)
+            going = np.array([not row.sequence.finished for row in new])
+            if not keep and len(prefilled) == 1 and going.all():
+                # the prefill's cache is the batch's: no copy
                 self._rows, self._idle, self._cache = new, frozenset(), prefilled[0][0]
-                self._lengths = prefix_lengths
-                self._length = int(prefix_lengths.max())
+                self._lengths = prompt_lengths
+                self._length = int(prompt_lengths.max())
                 return
-            parts += prefilled
-            lengths.append(prefix_lengths)
+            offset = 0
+            for cache, rows in prefilled:
+                kept = rows[going[offset : offset + len(rows)]]
+                if len(kept):
+                    parts.append((cache, kept))
+                offset += len(rows)
+            lengths.append(prompt_lengths[going])
+            new = [row for row, goes in zip(new, going.tolist(), strict=True) if goes]
         self._lengths = np.concatenate(lengths)
         length = int(self._lengths.max()) if len(self._lengths) else 0
         self._rows = [self._rows[i] for i in keep] + new
@@ -412,6 +429,9 @@ class Scheduler:
 
     def _decode(self) -> None:
         rows, length, lengths = self._rows, self._length, self._lengths
+        live = [row for row in rows if not row.sequence.finished]
+        if not live:  # every row in the batch ended at its first token
+            return
         tokens = np.array([[row.next_token] for row in rows], dtype=np.int64)
         mask = (np.arange(length + 1)[None, :] >= (length - lengths)[:, None]).astype(np.int64)
         # An idle row (ended, its slot not yet refilled) runs on, its output unused; its
@@ -421,22 +441,27 @@ class Scheduler:
         self._cache = result.cache
         self._length = length + 1
         lengths += 1
+        if len(live) < len(rows):
+            at = [i for i, row in enumerate(rows) if not row.sequence.finished]
+            self._choose(live, result.logits[at])
+        else:
+            self._choose(live, result.logits)
 
-        logits = result.logits
-        live = [i for i, row in enumerate(rows) if not row.sequence.finished]
-        sampled = [i for i in live if rows[i].rng is not None]
-        processed = [i for i in live if rows[i].processors.active]
+    def _choose(self, rows: list[_Row], logits: np.ndarray) -> None:
+        """Each row's next token from its (V,) row of `logits` (its processors, then greedy or
+        its own sampler), added to its sequence, with the step event and the end it brings."""
+        sampled = [i for i, row in enumerate(rows) if row.rng is not None]
+        processed = [i for i, row in enumerate(rows) if row.processors.active]
         if (sampled or processed) and not logits.flags.writeable:
             logits = logits.copy()
         for i in processed:
             rows[i].processors(logits[i : i + 1])
-        chosen = np.argmax(logits, axis=1) if len(sampled) < len(live) else None
+        greedy = len(sampled) < len(rows)
+        chosen = np.argmax(logits, axis=1).tolist() if greedy else [0] * len(rows)
         for i in sampled:
             ids, probs = params_distribution(logits[i], rows[i].params)
-            tokens[i, 0] = sample_token(ids, probs, rows[i].rng.random())
-        for i in live:
-            row = rows[i]
-            token = int(tokens[i, 0]) if row.rng is not None else int(chosen[i])
+            chosen[i] = int(sample_token(ids, probs, rows[i].rng.random()))
+        for row, token in zip(rows, chosen, strict=True):
             seq = row.sequence
             seq.add(token, self._bytes_of(token, row.eos), row.stops)
             row.next_token = token

@@ -543,10 +543,10 @@ def test_greedy_loop_matches_a_hand_rolled_bigram_walk() -> None:
                 break
         assert seq.token_ids == walk
         assert seq.finish_reason == ("stop" if walk[-1] == 63 else "length")
-    # prefills of all but the last prompt tokens, in groups of similar length (prefixes of 18,
-    # 8, 4, 1 and 0 tokens: no two within PREFILL_PADDING of each other, and none for 0), then
-    # one call per step over the rows still running (finished rows leave the batch)
-    assert backend.prefills == [(1, 18), (1, 8), (1, 4), (1, 1)]
-    running = [sum(len(s.token_ids) > step for s in seqs) for step in range(len(backend.calls))]
+    # whole prompts prefilled in groups of similar length (19, 9 and 5 tokens, then 2 and 1:
+    # none padded by more than PREFILL_SLACK), each row's first token chosen from that pass;
+    # then one call per step over the rows still running (finished rows leave the batch)
+    assert backend.prefills == [(3, 19), (2, 2)]
+    running = [sum(len(s.token_ids) > step + 1 for s in seqs) for step in range(len(backend.calls))]
     assert backend.calls == [(rows, 1) for rows in running]
-    assert len(backend.calls) == max(len(s.token_ids) for s in seqs)
+    assert len(backend.calls) == max(len(s.token_ids) for s in seqs) - 1

@@ -15,7 +15,7 @@ from gpt2cli.decoding import GeneratedSequence, GenerationParams, Prompt, plan_s
 from gpt2cli.loader import load_backend
 from gpt2cli.scheduler import (
     FINISH_CANCELLED,
-    PREFILL_PADDING,
+    PREFILL_SLACK,
     RowRequest,
     Scheduler,
     generate,
@@ -195,7 +195,7 @@ def test_cancelling_one_row_leaves_the_others_unchanged(memorised) -> None:  # n
     assert all(h.finished for h in handles)
     assert [s.finish_reason for s in sequences] == ["length", FINISH_CANCELLED, "length",
                                                    FINISH_CANCELLED]
-    assert sequences[1].token_ids == expected[1][:5]
+    assert sequences[1].token_ids == expected[1][:6]  # the prefill's token, then one a step
     assert sequences[3].token_ids == []
     assert [sequences[0].token_ids, sequences[2].token_ids] == [expected[0], expected[2]]
 
@@ -358,19 +358,20 @@ def test_write_rows_equals_a_join(tiny) -> None:  # noqa: ANN001
 
 
 def test_joining_rows_prefill_in_groups_of_similar_length(memorised) -> None:  # noqa: ANN001
-    """Rows that join together are prefilled in groups of similar length, so that the padded
-    positions computed stay within PREFILL_PADDING of the real ones; they decode as alone."""
+    """Rows that join together are prefilled in groups of similar length (no row padded by more
+    than PREFILL_SLACK positions), whole prompts; they decode as alone."""
     ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
     cuts = [2, 40, 5, 38, 1, 20, 39, 6]
     rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=4)) for cut in cuts]
     expected = alone(memorised, rows)
-    prefills: list[tuple[int, int]] = []  # (positions computed, real tokens) per prefill
+    prefills: list[list[int]] = []  # each prefill's rows' real tokens
     forward = memorised.forward
 
     def counting(input_ids: np.ndarray, mask: np.ndarray, positions: Any, cache: Any,
                  **kwargs: Any) -> Any:
         if cache is None:  # a prefill
-            prefills.append((input_ids.size, int(mask.sum())))
+            assert kwargs["logits"] == "last"  # the first tokens come from it
+            prefills.append(mask.sum(axis=1).tolist())
         return forward(input_ids, mask, positions, cache, **kwargs)
 
     memorised.forward = counting
@@ -378,6 +379,63 @@ def test_joining_rows_prefill_in_groups_of_similar_length(memorised) -> None:  #
         assert [s.token_ids for s in run(memorised, rows, 8)] == expected
     finally:
         del memorised.forward
-    assert len(prefills) > 1
-    assert sum(p for p, _ in prefills) <= PREFILL_PADDING * sum(r for _, r in prefills)
-    assert sum(r for _, r in prefills) == sum(cut - 1 for cut in cuts)
+    assert sorted(n for group in prefills for n in group) == sorted(cuts)
+    assert all(max(group) - min(group) <= PREFILL_SLACK for group in prefills)
+    # longest first: 40, 39, 38 (20 is too short for them); 20, 6, 5; 2, 1
+    assert sorted(map(sorted, prefills)) == [[1, 2], [5, 6, 20], [38, 39, 40]]
+
+
+def test_first_tokens_come_from_the_prefill(memorised) -> None:  # noqa: ANN001
+    """A row's first token is chosen from its prefill's logits: rows of one new token run no
+    decode step at all, rows of more run one step fewer than tokens, and both give what the
+    row gives alone."""
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    forward = memorised.forward
+    steps: list[int] = []  # rows of each decode step (a forward on a cache)
+
+    def counting(input_ids: np.ndarray, mask: np.ndarray, positions: Any, cache: Any,
+                 **kwargs: Any) -> Any:
+        if cache is not None:
+            steps.append(input_ids.shape[0])
+        return forward(input_ids, mask, positions, cache, **kwargs)
+
+    for budget in (1, 4):
+        rows = [(ids[:cut], params_for(memorised, do_sample=False, max_new_tokens=budget))
+                for cut in (3, 9, 4)]
+        expected = alone(memorised, rows)
+        steps.clear()
+        memorised.forward = counting
+        try:
+            got = [s.token_ids for s in run(memorised, rows, 3)]
+        finally:
+            del memorised.forward
+        assert got == expected
+        assert steps == [3] * (budget - 1)
+
+
+def test_first_tokens_are_passed_on_before_the_step_ends(memorised) -> None:  # noqa: ANN001
+    """on_events runs after each prefill group, when that group's rows already hold their
+    first token's event and later groups' rows do not yet."""
+    ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
+    params = params_for(memorised, do_sample=False, max_new_tokens=3)
+    cuts = (40, 39, 3, 2)  # two prefill groups: 40 and 39, then 3 and 2
+    seen: list[list[int]] = []
+    handles: list[Any] = []
+
+    def on_events() -> None:
+        got = []
+        for index, handle in enumerate(handles):
+            try:
+                event = handle._events.get_nowait()
+            except Exception:  # noqa: BLE001 - queue.Empty: nothing yet
+                continue
+            assert event.token == handle.sequence.token_ids[0]
+            got.append(index)
+        seen.append(got)
+
+    scheduler = Scheduler(memorised, max_rows=4, on_events=on_events)
+    sequences = planned(memorised, [(ids[:cut], params) for cut in cuts])
+    handles += [scheduler.submit(RowRequest(s, params, events=True)) for s in sequences]
+    scheduler.step()
+    assert seen == [[0, 1], [2, 3]]
+    assert all(len(s.token_ids) == 2 for s in sequences)  # and the step's own token

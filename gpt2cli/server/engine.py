@@ -176,7 +176,7 @@ class Engine:
         try:
             self.backend = self.session.load()
             # Rows hold up to the context each; the token budget is what they reserve.
-            self.scheduler = Scheduler(self.backend, max_rows=self.slots)
+            self.scheduler = Scheduler(self.backend, max_rows=self.slots, on_events=self._pump)
         except BaseException as exc:  # noqa: BLE001 - reported by the server, which exits
             self.error = exc
             self.loaded.set()
