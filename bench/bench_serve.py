@@ -15,8 +15,9 @@ Load. For each number of clients, a fixed count of requests (token-id prompts of
 seeded, different in every round) goes to /v1/completions with `stream`, greedy, `max_tokens`
 new tokens and <|endoftext|> banned (`logit_bias`, and llama-server's `ignore_eos`), so every
 request generates exactly max_tokens on both servers; llama-server's prompt cache is off. Each
-client sends its next request when the last one is done (closed loop). The servers take turns at
-every step, the first one rotating, `--rounds` times.
+client sends its next request when the last one is done (closed loop). Before the rounds, each
+server gets one burst of `--slots` requests of the longest prompt (warm-up, not measured). The
+servers take turns at every step, the first one rotating, `--rounds` times.
 
 Reported per server and number of clients: aggregate generated tok/s (completion tokens over the
 wall time of the whole batch; the median over rounds), p50 and p99 time to first token (first
@@ -252,12 +253,12 @@ async def wait_healthy(server: Server, client: Any) -> str | None:
 # --- load ----------------------------------------------------------------------------------------
 
 
-def workload(count: int, max_tokens: int, seed: int) -> list[list[int]]:
+def workload(count: int, max_tokens: int, seed: int, longest_only: bool = False) -> list[list[int]]:
     """`count` token-id prompts of 32..256 tokens (merged tokens only: no bytes, no special one),
-    each short enough to leave room for max_tokens."""
+    each short enough to leave room for max_tokens; `longest_only`: all of the longest."""
     rng = random.Random(seed)
     longest = min(256, CONTEXT - max_tokens)
-    shortest = min(32, longest)
+    shortest = longest if longest_only else min(32, longest)
     return [
         [rng.randrange(256, 50000) for _ in range(rng.randint(shortest, longest))]
         for _ in range(count)
@@ -409,9 +410,12 @@ async def bench(args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
             active = [s for p in order for s in results[p]["_servers"]]
             if not active:
                 raise SystemExit("bench_serve: no server could start")
-            warm = workload(2, args.max_tokens, seed=10_000)
-            for server in active:  # one warm-up request each (first-call allocations)
-                await one_request(client, server, warm[0], args.max_tokens, args.timeout)
+            # Warm-up: a burst of `slots` of the longest prompts at each server, so that no
+            # round measures first-use allocations (gpt2cli's batch cache grows into memory
+            # that it then reuses; llama-server allocates its cache at start).
+            warm = workload(args.slots, args.max_tokens, seed=10_000, longest_only=True)
+            for server in active:
+                await load(client, server, warm, args.slots, args)
             runs = {(s.name, c): Run() for s in active for c in levels}
             for round_number in range(args.rounds):
                 for clients in levels:

@@ -398,13 +398,15 @@ class Scheduler:
         longest row."""
         parts: list[tuple[Any, np.ndarray]] = []
         lengths = [self._lengths[keep]]
+        old, self._cache = self._cache, None
         if keep:
-            parts.append((self._cache, np.asarray(keep, dtype=np.int64)))
+            parts.append((old, np.asarray(keep, dtype=np.int64)))
         if new:
             prefilled, prompt_lengths = self._prefill(new)
             going = np.array([not row.sequence.finished for row in new])
             if not keep and len(prefilled) == 1 and going.all():
                 # the prefill's cache is the batch's: no copy
+                self.backend.release(old)
                 self._rows, self._idle, self._cache = new, frozenset(), prefilled[0][0]
                 self._lengths = prompt_lengths
                 self._length = int(prompt_lengths.max())
@@ -421,11 +423,10 @@ class Scheduler:
         length = int(self._lengths.max()) if len(self._lengths) else 0
         self._rows = [self._rows[i] for i in keep] + new
         self._idle = frozenset()
-        if not self._rows:
-            self._cache, self._length = None, 0
-            return
-        self._cache = self.backend.join_rows(parts, length)
-        self._length = length
+        if self._rows:
+            self._cache = self.backend.join_rows(parts, length)
+        self.backend.release(old)  # after the join has read it
+        self._length = length if self._rows else 0
 
     def _decode(self) -> None:
         rows, length, lengths = self._rows, self._length, self._lengths

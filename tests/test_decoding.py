@@ -499,6 +499,9 @@ class BigramBackend:
     def write_rows(self, cache, slots, source, rows):  # noqa: ANN001, ANN201, ARG002
         return cache
 
+    def release(self, cache) -> None:  # noqa: ANN001
+        pass
+
 
 def run_decoder(backend, texts: list[str], p: GenerationParams, batch: int, seed: int = 5):
     """The scheduler with at most `batch` rows in flight."""

@@ -307,6 +307,9 @@ class CountingBackend:
         self.writes += 1
         return self.backend.write_rows(*args)
 
+    def release(self, cache: Any) -> None:
+        self.backend.release(cache)
+
 
 def test_rows_refilled_in_place_decode_as_alone(memorised) -> None:  # noqa: ANN001
     ids = memorised.tokenizer.encode(MEMORISED_PARAGRAPH)
@@ -439,3 +442,48 @@ def test_first_tokens_are_passed_on_before_the_step_ends(memorised) -> None:  # 
     scheduler.step()
     assert seen == [[0, 1], [2, 3]]
     assert all(len(s.token_ids) == 2 for s in sequences)  # and the step's own token
+
+
+def test_released_cache_memory_backs_the_next_join(tiny_onnx_dir: Path) -> None:
+    """The ONNX backend refills a released cache's memory instead of asking for fresh pages:
+    the next join writes into it, zero padding and all, and holds what a fresh join holds."""
+    backend = load_backend(str(tiny_onnx_dir), backend="onnx")
+    fresh = load_backend(str(tiny_onnx_dir), backend="onnx")
+    ids = backend.tokenizer.encode_batch(["Hello there, how are you today?", "The", "Once"])
+
+    def joined(on: Any, length: int) -> Any:
+        parts = []
+        for row in ids:
+            step = on.forward(np.array([row]), np.ones((1, len(row)), dtype=np.int64),
+                              np.arange(len(row))[None, :], None, logits="none")
+            parts.append((step.cache, np.array([0])))
+        return on.join_rows(parts, length)
+
+    first = joined(backend, 12)
+    memory = [b.base if b.base is not None else b for b in first.buffers]
+    for array in first.buffers:  # what a released cache leaves must not leak into the next
+        array[...] = np.nan
+    backend.release(first)
+    assert first.buffers is None and backend.pool.spare == len(memory)
+    second = joined(backend, 10)  # smaller: fits in the released arrays
+    assert all(any(np.shares_memory(b, m) for m in memory) for b in second.buffers)
+    expected = joined(fresh, 10)
+    for got, want in zip(second.values, expected.values, strict=True):
+        np.testing.assert_array_equal(got.numpy()[:, :, :10], want.numpy()[:, :, :10])
+    assert backend.pool.spare == 0
+
+
+def test_buffer_pool_keeps_the_largest_and_fits_the_smallest() -> None:
+    from gpt2cli.backends.onnx import BufferPool
+
+    pool = BufferPool(limit=2)
+    arrays = [np.empty(n, dtype=np.float32) for n in (10, 40, 20)]
+    pool.give([a.reshape(-1)[: a.size // 2].reshape(1, -1) for a in arrays])  # views: their bases
+    assert pool.spare == 2  # 40 and 20 kept
+    taken = pool.take((3, 5), np.float32)
+    assert taken.shape == (3, 5) and np.shares_memory(taken, arrays[2])
+    assert pool.take((2, 2), np.float16).dtype == np.float16  # no float16 spare: a new one
+    assert pool.take((50,), np.float32).base is None  # none big enough: a new one
+    assert pool.take((4,), np.float32).base is None  # 40 is more than twice as big: a new one
+    assert np.shares_memory(pool.take((20,), np.float32), arrays[1])
+    assert pool.spare == 0

@@ -76,6 +76,11 @@ class Backend(Protocol):
         (a row joins the batch without a copy of the others), and returns the cache to use."""
         ...
 
+    def release(self, cache: Any) -> None:
+        """The caller will not use `cache` (nor any cache a later step made from it) again:
+        the backend may reuse its memory for later caches. Calling it is optional."""
+        ...
+
 
 def position_ids_from_mask(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
     """Position ids of the last `new_tokens` positions, counting only unmasked tokens."""

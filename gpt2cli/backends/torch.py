@@ -178,6 +178,9 @@ class TorchBackend:
             return transformers.DynamicCache(layers)
 
 
+    def release(self, cache: Any) -> None:
+        """Nothing to do: torch's allocator reuses freed memory; see base.Backend.release."""
+
     def write_rows(self, cache: Any, slots: np.ndarray, source: Any, rows: np.ndarray) -> Any:
         """Rows `rows` of `source` into batch rows `slots` of `cache`, in place; see
         base.Backend.write_rows."""
