@@ -6,7 +6,7 @@ model as 9 nodes a layer:
 
     SkipLayerNormalization   residual sum + layer norm (the previous layer's bias folded in)
     MatMul + Add             fused query, key and value projection and its bias
-    GroupQueryAttention      causal, left padding as a bias, appends to the cache in place
+    GroupQueryAttention      causal, padding as a bias, appends to the cache in place
     MatMul                   attention output projection
     SkipLayerNormalization   residual sum + ln_2 (the projection's bias folded in)
     MatMul + FastGelu        MLP up-projection, bias and GPT-2's tanh GELU in one kernel
@@ -27,6 +27,7 @@ from gpt2cli.backends.onnx_format import (
     EMBEDDING_TABLES,
     KEEP_INPUT,
     LOGITS_OUTPUT,
+    ROW_LENGTHS_KEY,
     SHARED_CACHE_KEY,
     hidden_name,
     past_name,
@@ -235,19 +236,23 @@ def build_decoder(
         ir_version=helper.find_min_ir_version_for(opsets[:1]),
     )
     if shared_cache:
-        helper.set_model_props(model, {SHARED_CACHE_KEY: "1"})
+        helper.set_model_props(model, {SHARED_CACHE_KEY: "1", ROW_LENGTHS_KEY: "1"})
     return model
 
 
 def _attention_inputs(node: Any, initializers: list[Any]) -> None:
     """What every GroupQueryAttention node takes besides its layer's tensors: each row's last
-    cache position (seqlens_k: attention_mask's width - 1, the same for every row), the width
-    as a scalar, and the left padding as an additive bias of shape (batch, 1, new, width)."""
+    position (seqlens_k), the width as a scalar, and the padding as an additive bias of shape
+    (batch, 1, new, width). A prompt (no past) ends at the mask's width - 1 in every row (rows
+    left-padded, or right-padded under the bias); a step on a past ends at the last 1 of each
+    row's mask, so a row's keys and values may also sit left-aligned at [0, its length) and the
+    step reads none of the padding after them (`ROW_LENGTHS_KEY`)."""
     from onnx import TensorProto, numpy_helper
 
     def constant(name: str, value: Any, dtype: Any = np.int64) -> None:
         initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
 
+    constant("/zero", 0)
     constant("/one", 1)
     constant("/axis0", [0])
     constant("/axis1", [1])
@@ -259,16 +264,22 @@ def _attention_inputs(node: Any, initializers: list[Any]) -> None:
     node("Gather", ["/mask_shape", "/axis1"], ["/width"], "/width", axis=0)
     node("Gather", ["/mask_shape", "/one"], ["/width_scalar"], "/width_scalar", axis=0)
     node("Cast", ["/width_scalar"], ["/total_length"], "/total_length", to=TensorProto.INT32)
+    node("Shape", ["input_ids"], ["/ids_shape"], "/ids_shape")
+    node("Gather", ["/ids_shape", "/axis1"], ["/new_length"], "/new_length", axis=0)
     node("Sub", ["/width", "/axis1"], ["/last_position"], "/last_position")
     node("Expand", ["/last_position", "/batch"], ["/last_positions"], "/last_positions")
-    node("Cast", ["/last_positions"], ["/seqlens_k"], "/seqlens_k", to=TensorProto.INT32)
+    # the index of each row's last 1: argmax(mask * [0, 1, ..., width - 1])
+    node("Range", ["/zero", "/width_scalar", "/one"], ["/positions"], "/positions")
+    node("Mul", ["attention_mask", "/positions"], ["/real_positions"], "/real_positions")
+    node("ArgMax", ["/real_positions"], ["/row_ends"], "/row_ends", axis=1, keepdims=0)
+    node("Less", ["/new_length", "/width"], ["/has_past"], "/has_past")
+    node("Where", ["/has_past", "/row_ends", "/last_positions"], ["/ends"], "/ends")
+    node("Cast", ["/ends"], ["/seqlens_k"], "/seqlens_k", to=TensorProto.INT32)
     # (mask - 1) * 10000: 0 where a position is real, MASKED where it is padding
     node("Cast", ["attention_mask"], ["/mask_float"], "/mask_float", to=TensorProto.FLOAT)
     node("Sub", ["/mask_float", "/one_float"], ["/mask_off"], "/mask_off")
     node("Mul", ["/mask_off", "/unmasked"], ["/mask_bias"], "/mask_bias")
     node("Unsqueeze", ["/mask_bias", "/bias_axes"], ["/mask_bias_4d"], "/mask_bias_4d")
-    node("Shape", ["input_ids"], ["/ids_shape"], "/ids_shape")
-    node("Gather", ["/ids_shape", "/axis1"], ["/new_length"], "/new_length", axis=0)
     node("Concat", ["/batch", "/axis1", "/new_length", "/width"], ["/bias_shape"],
          "/bias_shape", axis=0)
     node("Expand", ["/mask_bias_4d", "/bias_shape"], ["/attention_bias"], "/attention_bias")

@@ -186,11 +186,14 @@ def test_fused_graph_is_nine_nodes_a_layer(tiny_onnx_dir: Path) -> None:
     assert not {"Where", "Softmax", "Transpose", "Concat"} & {
         n.op_type for n in model.graph.node if n.name.startswith("/h.")
     }
-    assert {p.key: p.value for p in model.metadata_props} == {"gpt2cli.shared_cache": "1"}
+    assert {p.key: p.value for p in model.metadata_props} == {
+        "gpt2cli.shared_cache": "1", "gpt2cli.row_lengths": "1",
+    }
     manifest = json.loads((tiny_onnx_dir / MANIFEST_NAME).read_text())
     assert manifest["graph"] == "fused"
     session = ort.InferenceSession(str(tiny_onnx_dir / "model.onnx"))
     assert session.get_modelmeta().custom_metadata_map["gpt2cli.shared_cache"] == "1"
+    assert session.get_modelmeta().custom_metadata_map["gpt2cli.row_lengths"] == "1"
 
 
 def test_attention_scale_is_folded_so_key_transpose_fuses(

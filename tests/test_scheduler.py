@@ -340,11 +340,16 @@ def test_write_rows_equals_a_join(tiny) -> None:  # noqa: ANN001
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         return tiny.forward(batch, mask, positions, None, logits="none").cache
 
-    def as_arrays(cache: Any) -> list[np.ndarray]:
+    def as_arrays(cache: Any) -> list[list[np.ndarray]]:
+        """Per key/value tensor, each row's positions in use."""
         if tiny.name == "torch":
-            return [t.numpy().copy() for layer in cache.layers for t in (layer.keys, layer.values)]
-        # positions in use only: a cache appended to in place has room beyond them
-        return [v.numpy()[:, :, : cache.length].copy() for v in cache.values]
+            return [list(t.numpy()) for layer in cache.layers for t in (layer.keys, layer.values)]
+        # an ONNX cache appended to in place has room beyond them, and may hold rows
+        # left-aligned (a join's) or right-aligned (a prompt's)
+        return [
+            [v.numpy()[row, :, slice(*cache.span(row, cache.length))] for row in range(3)]
+            for v in cache.values
+        ]
 
     batch = prefill(ids, width)
     short = prefill([ids[1]], len(ids[1]))
@@ -353,11 +358,13 @@ def test_write_rows_equals_a_join(tiny) -> None:  # noqa: ANN001
          (prefill(ids, width), np.array([2]))],
         width,
     )
-    written = tiny.write_rows(batch, np.array([1]), short, np.array([0]))
-    for got, want in zip(as_arrays(written), as_arrays(expected), strict=True):
-        np.testing.assert_array_equal(got, want)
-    cleared = tiny.write_rows(written, np.array([0]), None, np.array([0]))
-    assert all(not a[0].any() for a in as_arrays(cleared))
+    for target in (batch, expected):  # into a prompt's cache, and into a joined one
+        written = tiny.write_rows(target, np.array([1]), short, np.array([0]))
+        for got, want in zip(as_arrays(written), as_arrays(expected), strict=True):
+            for got_row, want_row in zip(got, want, strict=True):
+                np.testing.assert_array_equal(got_row, want_row)
+        cleared = tiny.write_rows(written, np.array([0]), None, np.array([0]))
+        assert all(not a[0].any() for a in as_arrays(cleared))
 
 
 def test_joining_rows_prefill_in_groups_of_similar_length(memorised) -> None:  # noqa: ANN001
@@ -468,8 +475,11 @@ def test_released_cache_memory_backs_the_next_join(tiny_onnx_dir: Path) -> None:
     second = joined(backend, 10)  # smaller: fits in the released arrays
     assert all(any(np.shares_memory(b, m) for m in memory) for b in second.buffers)
     expected = joined(fresh, 10)
+    np.testing.assert_array_equal(second.lengths, expected.lengths)
     for got, want in zip(second.values, expected.values, strict=True):
-        np.testing.assert_array_equal(got.numpy()[:, :, :10], want.numpy()[:, :, :10])
+        for row in range(len(ids)):
+            in_use = slice(*second.span(row, 10))  # what the attention reads
+            np.testing.assert_array_equal(got.numpy()[row, :, in_use], want.numpy()[row, :, in_use])
     assert backend.pool.spare == 0
 
 
@@ -487,3 +497,41 @@ def test_buffer_pool_keeps_the_largest_and_fits_the_smallest() -> None:
     assert pool.take((4,), np.float32).base is None  # 40 is more than twice as big: a new one
     assert np.shares_memory(pool.take((20,), np.float32), arrays[1])
     assert pool.spare == 0
+
+
+def test_exports_without_row_lengths_keep_rows_right_aligned(
+    memorised_onnx_dir: Path, tmp_path: Path
+) -> None:
+    """Exports made before the graph read each row up to its own length (no ROW_LENGTHS_KEY)
+    keep right-aligned caches, and decode as before: as each row alone; exports with it hold
+    joined rows left-aligned, and decode the same tokens."""
+    import shutil
+
+    import onnx
+
+    from gpt2cli.backends.onnx_format import ROW_LENGTHS_KEY
+
+    older = tmp_path / "older"
+    shutil.copytree(memorised_onnx_dir, older)
+    model = onnx.load(str(older / "model.onnx"), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key != ROW_LENGTHS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(older / "model.onnx"))
+    ids = load_backend(str(memorised_onnx_dir), backend="onnx").tokenizer.encode(
+        MEMORISED_PARAGRAPH
+    )
+    for directory, left in ((older, False), (memorised_onnx_dir, True)):
+        backend = load_backend(str(directory), backend="onnx")
+        assert backend.left_aligned is left
+        rows = [(ids[:cut], params_for(backend, do_sample=False, max_new_tokens=6))
+                for cut in (30, 4, 17, 9)]
+        scheduler = Scheduler(backend, max_rows=4)
+        sequences = planned(backend, rows)
+        for seq, (_, params) in zip(sequences, rows, strict=True):
+            scheduler.submit(RowRequest(seq, params))
+        for _ in range(3):
+            scheduler.step()
+        assert scheduler._cache.left is left
+        scheduler.run_until_done()
+        assert [s.token_ids for s in sequences] == alone(backend, rows)

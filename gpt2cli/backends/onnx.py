@@ -31,6 +31,7 @@ from gpt2cli.backends.onnx_format import (
     LOGITS_OUTPUT,
     ONNX_MODEL,
     PAST_KEY,
+    ROW_LENGTHS_KEY,
     SHARED_CACHE_KEY,
     dtype_error,
     hidden_name,
@@ -96,15 +97,32 @@ def first_line(exc: BaseException) -> str:
 class OnnxCache:
     """The KV cache between steps: one OrtValue per past key/value, in input order, each
     (batch, heads, capacity, head_dim) with the first `length` positions in use (capacity ==
-    length unless the graph appends in place). `buffers`: the numpy arrays behind the values
-    when this backend allocated them (join_rows), which `release` hands back to its pool."""
+    length unless the graph appends in place). Rows are right-aligned (each ends at `length`)
+    unless `left`: then row b's keys and values sit at [0, lengths[b]). `lengths`: each row's
+    real tokens, where known. `buffers`: the numpy arrays behind the values when this backend
+    allocated them (join_rows), which `release` hands back to its pool."""
 
-    __slots__ = ("values", "length", "buffers")
+    __slots__ = ("values", "length", "buffers", "lengths", "left")
 
-    def __init__(self, values: list[Any], length: int, buffers: list[np.ndarray] | None = None):
+    def __init__(
+        self,
+        values: list[Any],
+        length: int,
+        buffers: list[np.ndarray] | None = None,
+        lengths: np.ndarray | None = None,
+        left: bool = False,
+    ) -> None:
         self.values = values
         self.length = length
         self.buffers = buffers
+        self.lengths = lengths
+        self.left = left
+
+    def span(self, row: int, limit: int) -> tuple[int, int]:
+        """Where row `row`'s last (at most `limit`) real positions are stored: (start, end)."""
+        real = int(self.lengths[row]) if self.lengths is not None else self.length
+        end = real if self.left else self.length
+        return end - min(real, limit), end
 
 
 class BufferPool:
@@ -199,6 +217,8 @@ class OnnxBackend:
         metadata = self.session.get_modelmeta().custom_metadata_map
         # CUDA keeps the plain path: its GroupQueryAttention kernels take float16 only.
         self.shared_cache = metadata.get(SHARED_CACHE_KEY) == "1" and device == "cpu"
+        # Joined caches hold rows left-aligned, so a step reads no row's padding.
+        self.left_aligned = self.shared_cache and metadata.get(ROW_LENGTHS_KEY) == "1"
 
         past = inputs[self.past_names[0]]
         self.cache_dtype = _NUMPY_TYPES[past.type]
@@ -270,9 +290,11 @@ class OnnxBackend:
         presents = values[1 : 1 + len(self.present_names)]
         hidden = values[-1].numpy().astype(np.float32, copy=False) if wanted_hidden else None
         length = (cache.length if cache is not None else 0) + new_tokens
+        # A prompt's rows are right-aligned; their real tokens tell a join what to keep.
+        lengths = feeds["attention_mask"].sum(axis=1) if cache is None else None
         return ForwardResult(
             logits=_kept_logits(values[0], logits), hidden=hidden,
-            cache=OnnxCache(presents, length),
+            cache=OnnxCache(presents, length, lengths=lengths),
         )
 
     def _failure(self, exc: Exception) -> Exception:
@@ -295,6 +317,9 @@ class OnnxBackend:
         logits come back; steps here are one token a row, or one row's continuation."""
         length = cache.length + new_tokens
         cache = self._reserve(cache, length)
+        mask = feeds["attention_mask"]
+        if cache.left:  # the caller's right-aligned mask, each row's 1s moved to its start
+            feeds = {**feeds, "attention_mask": np.ascontiguousarray(mask[:, ::-1])}
         binding = self.session.io_binding()
         for name, array in feeds.items():
             if name != KEEP_INPUT:
@@ -320,7 +345,7 @@ class OnnxBackend:
             hidden = outputs[presents + 1].numpy().astype(np.float32, copy=False)
         return ForwardResult(
             logits=_kept_logits(outputs[presents], logits), hidden=hidden,
-            cache=OnnxCache(cache.values, length, cache.buffers),
+            cache=OnnxCache(cache.values, length, cache.buffers, mask.sum(axis=1), cache.left),
         )
 
     def _forward_token_by_token(
@@ -397,7 +422,9 @@ class OnnxBackend:
     ) -> OnnxCache | None:
         """Caches stacked along the batch, right-aligned to `length` positions; see
         base.Backend.join_rows. One copy of the kept rows (through numpy). A cache appended
-        to in place gets room for `room_for` positions (default: the next step's)."""
+        to in place gets room for `room_for` positions (default: the next step's). With a
+        graph that reads each row up to its own length, rows are stored left-aligned instead
+        (real tokens only, known from the prompts' masks), and nothing is zero-filled."""
         if not length:
             return None
         batch = sum(len(rows) for _, rows in parts)
@@ -411,6 +438,14 @@ class OnnxBackend:
             )
             start = 0
             for cache, rows in parts:
+                if self.left_aligned:
+                    stored = self._host_view(cache.values[slot]) if cache is not None else None
+                    for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
+                        if stored is not None:
+                            first, end = cache.span(row, length)
+                            joined[start + offset, :, : end - first] = stored[row, :, first:end]
+                    start += len(rows)
+                    continue
                 size = min(cache.length, length) if cache is not None else 0
                 joined[start : start + len(rows), :, : length - size] = 0
                 if size:
@@ -424,7 +459,13 @@ class OnnxBackend:
             values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
             if on_cpu:  # the OrtValue wraps this memory (on CUDA it holds a copy)
                 buffers.append(joined)
-        return OnnxCache(values, length, buffers or None)
+        lengths = None
+        if self.left_aligned:
+            lengths = np.array(
+                [_kept(cache, row, length) for cache, rows in parts for row in np.asarray(rows)],
+                dtype=np.int64,
+            )
+        return OnnxCache(values, length, buffers or None, lengths, self.left_aligned)
 
     def release(self, cache: OnnxCache | None) -> None:
         """The caller is done with `cache`: memory this backend allocated for it goes to the
@@ -450,11 +491,19 @@ class OnnxBackend:
             target = _writable_view(value, self.cache_dtype)
             stored = self._host_view(source.values[index]) if source is not None and size else None
             for slot, row in zip(slots, rows, strict=True):
+                if cache.left:  # the row's real tokens at [0, n); nothing reads past them
+                    if stored is not None:
+                        first, end = source.span(row, length)
+                        target[slot, :, : end - first] = stored[row, :, first:end]
+                    continue
                 target[slot, :, : length - size] = 0
                 if stored is not None:
                     target[slot, :, length - size : length] = (
                         stored[row, :, source.length - size : source.length]
                     )
+        if cache.lengths is not None:
+            for slot, row in zip(slots, rows, strict=True):
+                cache.lengths[slot] = _kept(source if size else None, row, length)
         return cache
 
     def _write_by_joining(
@@ -478,6 +527,14 @@ class OnnxBackend:
         if self.output_device == "cpu":
             return np.from_dlpack(value)
         return value.numpy()
+
+
+def _kept(cache: OnnxCache | None, row: int, limit: int) -> int:
+    """How many positions of row `row` of `cache` a join or write keeps (at most `limit`)."""
+    if cache is None:
+        return 0
+    first, end = cache.span(int(row), limit)
+    return end - first
 
 
 def _kept_logits(value: Any, logits: LogitsWanted) -> np.ndarray | None:

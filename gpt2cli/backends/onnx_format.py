@@ -24,6 +24,7 @@ __all__ = [
     "ONNX_DATA",
     "ONNX_MODEL",
     "PAST_KEY",
+    "ROW_LENGTHS_KEY",
     "SHARED_CACHE_KEY",
     "dtype_error",
     "hidden_name",
@@ -42,6 +43,11 @@ PAST_KEY = re.compile(r"past_key_values\.(\d+)\.key")
 # in place when a past input and its present output are the same buffer (IO binding): the ONNX
 # backend then keeps the cache in preallocated buffers that no step copies.
 SHARED_CACHE_KEY = "gpt2cli.shared_cache"
+# A model property of shared-cache graphs whose attention, on a step with a past, reads each row
+# up to the last 1 of its attention_mask row: the backend may keep a row's keys and values
+# left-aligned at [0, its length) so that steps read none of the batch's padding. Without it,
+# every row spans the mask's width (rows right-aligned).
+ROW_LENGTHS_KEY = "gpt2cli.row_lengths"
 # Embedding tables whose shapes config.json must match (optimum's names; int4 exports add `_Q4`).
 EMBEDDING_TABLES = ("transformer.wte.weight", "transformer.wpe.weight")
 
