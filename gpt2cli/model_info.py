@@ -10,6 +10,11 @@ from typing import Any
 from gpt2cli.errors import InputError
 from gpt2cli.model_files import config_sizes, generation_defaults
 
+# config.json's activation_function names of GPT-2's tanh-approximated GELU: transformers'
+# gelu_new (five elementwise operations) and gelu_pytorch_tanh (torch's one kernel) compute the
+# same function, so any fused tanh-GELU kernel may stand in for either.
+TANH_GELU = frozenset({"gelu_new", "gelu_pytorch_tanh"})
+
 
 @dataclass
 class ModelInfo:

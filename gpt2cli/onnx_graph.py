@@ -34,6 +34,7 @@ from gpt2cli.backends.onnx_format import (
     present_name,
 )
 from gpt2cli.errors import ModelError
+from gpt2cli.model_info import TANH_GELU
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 MS_DOMAIN = "com.microsoft"
 OPSET = 17  # the oldest with LayerNormalization
 # activation_function values and the contrib operator computing each exactly.
-ACTIVATIONS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "Gelu"}
+ACTIVATIONS = {**dict.fromkeys(TANH_GELU, "FastGelu"), "gelu": "Gelu"}
 LM_HEAD_TRANSPOSED = "lm_head.weight_transposed"
 LM_HEAD_NODE = "/lm_head"
 CONTRIB_OPS = {"SkipLayerNormalization", "MultiHeadAttention", "GroupQueryAttention", "FastGelu",

@@ -128,7 +128,7 @@ class OnnxCache:
 class BufferPool:
     """Arrays of released caches, for the next join_rows to fill. A server rebuilds its batch
     cache whenever the batch grows, and fresh memory costs a page fault every 4 KB: for 16
-    rows of GPT-2's cache, a fifth of a second before the first token here. Holds at most
+    rows of GPT-2's cache, 0.3-0.6 s before the first token here (0.05 s reused). Holds at most
     `limit` arrays (the largest kept); a spare array serves a cache of at least half its size
     (a one-row cache does not take the memory the next whole batch needs)."""
 

@@ -18,7 +18,7 @@ import numpy as np
 from gpt2cli.backends.base import ForwardResult, LogitsWanted
 from gpt2cli.errors import CliError, MissingExtraError, ModelError
 from gpt2cli.model_files import adapter_base, check_weight_shapes, read_config
-from gpt2cli.model_info import ModelInfo
+from gpt2cli.model_info import TANH_GELU, ModelInfo
 from gpt2cli.tokenizer import Tokenizer
 
 # Buffers that checkpoints legitimately lack; anything else missing means broken weights.
@@ -206,7 +206,7 @@ def is_plain_gpt2(config: Any) -> bool:
     """Whether plain_forward computes this config's model: GPT-2's own attention scaling and
     its tanh GELU (checkpoints may name other activations or scalings)."""
     return (
-        config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
+        config.activation_function in TANH_GELU
         and config.scale_attn_weights
         and not config.scale_attn_by_inverse_layer_idx
         and not config.reorder_and_upcast_attn

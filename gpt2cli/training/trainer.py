@@ -20,6 +20,7 @@ from typing import Any
 
 from gpt2cli.errors import InputError, MissingExtraError, ModelError
 from gpt2cli.model_files import TOKENIZER_FILES
+from gpt2cli.model_info import TANH_GELU
 from gpt2cli.outputs import log
 from gpt2cli.training import data as data_files
 from gpt2cli.training.lora import LoraOptions, apply_lora, parameter_counts
@@ -355,13 +356,13 @@ def _load_model(directory: Path, options: FinetuneOptions, tokenizer: Any,
 
 
 def fuse_gelu(model: Any) -> int:
-    """Give GPT-2's blocks torch's one-kernel tanh GELU in place of transformers' `gelu_new`:
-    the same function, but gelu_new is five elementwise operations whose intermediates autograd
-    keeps, about 7% of an fp32 training step. The config still says gelu_new, so the saved
-    model is unchanged. The number of blocks changed."""
+    """Give GPT-2's blocks torch's one-kernel tanh GELU in place of transformers' `gelu_new`
+    (model_info.TANH_GELU): the same function, but gelu_new is five elementwise operations
+    whose intermediates autograd keeps, about 7% of an fp32 training step. The config keeps its
+    activation's name, so the saved model is unchanged. The number of blocks changed."""
     from transformers.activations import ACT2FN
 
-    if getattr(model.config, "activation_function", None) != "gelu_new":
+    if getattr(model.config, "activation_function", None) not in TANH_GELU:
         return 0
     body = getattr(model, "transformer", None)
     blocks = getattr(body, "h", None) or []
