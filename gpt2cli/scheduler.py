@@ -5,12 +5,11 @@ end (end-of-sequence, length, stop string, cancellation), so a finished row's sl
 at once. A joining row's prompt is prefilled, its first token chosen from that pass's logits
 (so it is out before the next step), and its cache written into an ended row's slot in place,
 right-aligned (left padding) to the batch's cache length; that token then goes through the next
-step with the other rows' latest tokens. The whole
-cache is rebuilt (every row copied, right-aligned to the longest) only when the batch grows,
-when half of it has ended with nothing waiting, when a prompt is longer than the cache, or when
-the padding is worth trimming. Each row's position ids count its real tokens only and the
-attention mask covers the padding, so a row's tokens do not depend on its neighbours, and
-sampling is per row (decoding.row_generator).
+step with the other rows' latest tokens. The whole cache is rebuilt (every row copied,
+right-aligned to the longest) only when the batch grows, when half of it has ended with nothing
+waiting, when a prompt is longer than the cache, or when the padding is worth trimming. Each
+row's position ids count its real tokens only and the attention mask covers the padding, so a
+row's tokens do not depend on its neighbours, and sampling is per row (decoding.row_generator).
 
 One thread owns a Scheduler and drives it (step, run_until_done or serve); any thread may
 submit rows, wait for them, read their step events and cancel them.
@@ -430,7 +429,7 @@ class Scheduler:
 
     def _decode(self) -> None:
         rows, length, lengths = self._rows, self._length, self._lengths
-        live = [row for row in rows if not row.sequence.finished]
+        live = [i for i, row in enumerate(rows) if not row.sequence.finished]
         if not live:  # every row in the batch ended at its first token
             return
         tokens = np.array([[row.next_token] for row in rows], dtype=np.int64)
@@ -442,11 +441,8 @@ class Scheduler:
         self._cache = result.cache
         self._length = length + 1
         lengths += 1
-        if len(live) < len(rows):
-            at = [i for i, row in enumerate(rows) if not row.sequence.finished]
-            self._choose(live, result.logits[at])
-        else:
-            self._choose(live, result.logits)
+        logits = result.logits if len(live) == len(rows) else result.logits[live]
+        self._choose([rows[i] for i in live], logits)
 
     def _choose(self, rows: list[_Row], logits: np.ndarray) -> None:
         """Each row's next token from its (V,) row of `logits` (its processors, then greedy or

@@ -438,10 +438,10 @@ class OnnxBackend:
             )
             start = 0
             for cache, rows in parts:
-                if self.left_aligned:
-                    stored = self._host_view(cache.values[slot]) if cache is not None else None
-                    for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
-                        if stored is not None:
+                if self.left_aligned:  # each row's real tokens at [0, n); nothing reads on
+                    if cache is not None:
+                        stored = self._host_view(cache.values[slot])
+                        for offset, row in enumerate(np.asarray(rows).tolist()):
                             first, end = cache.span(row, length)
                             joined[start + offset, :, : end - first] = stored[row, :, first:end]
                     start += len(rows)
