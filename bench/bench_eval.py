@@ -204,13 +204,14 @@ def sliced(
     names = list(runs)
     seconds = dict.fromkeys(names, 0.0)
     nll = dict.fromkeys(names, 0.0)
+    words = 0
     for number, part in enumerate(slices):
-        words = sum(len(re.split(r"\s+", page)) for page in part)
+        part_words = sum(len(re.split(r"\s+", page)) for page in part)
+        words += part_words
         for name in names[number % len(names) :] + names[: number % len(names)]:
             took, metrics = timed(lambda run=runs[name], part=part: run(part))
             seconds[name] += took
-            nll[name] += math.log(metrics["word_perplexity"]) * words
-    words = sum(len(re.split(r"\s+", page)) for page in pages)
+            nll[name] += math.log(metrics["word_perplexity"]) * part_words
     n_bytes = sum(len(page.encode("utf-8")) for page in pages)
     results = {name: {"word_perplexity": math.exp(total / words),
                       "byte_perplexity": math.exp(total / n_bytes),

@@ -438,23 +438,10 @@ class OnnxBackend:
             )
             start = 0
             for cache, rows in parts:
-                if self.left_aligned:  # each row's real tokens at [0, n); nothing reads on
-                    if cache is not None:
-                        stored = self._host_view(cache.values[slot])
-                        for offset, row in enumerate(np.asarray(rows).tolist()):
-                            first, end = cache.span(row, length)
-                            joined[start + offset, :, : end - first] = stored[row, :, first:end]
-                    start += len(rows)
-                    continue
-                size = min(cache.length, length) if cache is not None else 0
-                joined[start : start + len(rows), :, : length - size] = 0
-                if size:
-                    stored = self._host_view(cache.values[slot])
-                    end = cache.length
-                    for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
-                        joined[start + offset, :, length - size : length] = (
-                            stored[row, :, end - size : end]
-                        )
+                stored = self._host_view(cache.values[slot]) if cache is not None else None
+                for offset, row in enumerate(np.asarray(rows).tolist()):  # one copy per row
+                    _place_row(joined, start + offset, cache, stored, row, length,
+                               self.left_aligned)  # fmt: skip
                 start += len(rows)
             values.append(self.ort.OrtValue.ortvalue_from_numpy(joined, self.output_device))
             if on_cpu:  # the OrtValue wraps this memory (on CUDA it holds a copy)
@@ -487,23 +474,16 @@ class OnnxBackend:
             raise ValueError("write_rows: the source is longer than the cache")
         if self.output_device != "cpu":
             return self._write_by_joining(cache, slots, source, rows)
+        if not size:
+            source = None
         for index, value in enumerate(cache.values):
             target = _writable_view(value, self.cache_dtype)
-            stored = self._host_view(source.values[index]) if source is not None and size else None
+            stored = self._host_view(source.values[index]) if source is not None else None
             for slot, row in zip(slots, rows, strict=True):
-                if cache.left:  # the row's real tokens at [0, n); nothing reads past them
-                    if stored is not None:
-                        first, end = source.span(row, length)
-                        target[slot, :, : end - first] = stored[row, :, first:end]
-                    continue
-                target[slot, :, : length - size] = 0
-                if stored is not None:
-                    target[slot, :, length - size : length] = (
-                        stored[row, :, source.length - size : source.length]
-                    )
+                _place_row(target, slot, source, stored, row, length, cache.left)
         if cache.lengths is not None:
             for slot, row in zip(slots, rows, strict=True):
-                cache.lengths[slot] = _kept(source if size else None, row, length)
+                cache.lengths[slot] = _kept(source, row, length)
         return cache
 
     def _write_by_joining(
@@ -527,6 +507,27 @@ class OnnxBackend:
         if self.output_device == "cpu":
             return np.from_dlpack(value)
         return value.numpy()
+
+
+def _place_row(
+    target: np.ndarray,
+    slot: int,
+    source: OnnxCache | None,
+    stored: np.ndarray | None,
+    row: int,
+    length: int,
+    left: bool,
+) -> None:
+    """Row `row` of `source` (`stored`: its host view) into batch row `slot` of `target`, a
+    cache of `length` positions: its real tokens at [0, n) when `left` (nothing reads past
+    them), else right-aligned to `length` with zeros before them."""
+    kept = _kept(source, row, length)
+    at = 0 if left else length - kept
+    if not left:
+        target[slot, :, :at] = 0
+    if kept:
+        first, end = source.span(row, length)
+        target[slot, :, at : at + kept] = stored[row, :, first:end]
 
 
 def _kept(cache: OnnxCache | None, row: int, limit: int) -> int:

@@ -177,7 +177,6 @@ class TorchBackend:
                 layers.append((joined[0], joined[1]))
             return transformers.DynamicCache(layers)
 
-
     def release(self, cache: Any) -> None:
         """Nothing to do: torch's allocator reuses freed memory; see base.Backend.release."""
 
